@@ -1,0 +1,491 @@
+"""Helpers shared by synth.py, distill.py, zeroshot.py, bench.py and toy.py.
+
+Nothing here is a stage of the pipeline; it is the plumbing every stage needs:
+  - command lines: an `Args` dataclass becomes an argparse parser (`parse_args`), and
+    `UserError` + `@entrypoint` turn bad input into one line on stderr and exit code 2;
+  - reproducibility: `seed_everything`, `fingerprint`;
+  - devices and torchrun: `pick_device`, `setup_distributed`, `cleanup_distributed`;
+  - models: `load_teacher` (open_clip by name + tag, `local-dir:PATH`, or a weights file),
+    `Student` (timm encoder + linear projection) and `load_student` (the self-contained student.pt);
+  - files: `atomic_write`, `save_json`, `save_torch` (temp file + rename, so a kill never leaves
+    a half-written file).
+"""
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import socket
+import sys
+import tempfile
+import typing
+from functools import wraps
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+STUDENT_FORMAT = "zsd-student/1"  # the "format" key of every student.pt
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# ----------------------------------------------------------------------------------------------
+# command lines and errors
+
+class UserError(Exception):
+    """Bad input the user can fix. `@entrypoint` prints it as one line and exits with code 2."""
+
+
+def entrypoint(main):
+    """Decorate a script's `main(argv=None)`: a UserError becomes `error: ...` on stderr + exit 2.
+
+    Library callers (tests, other scripts) that call the inner functions still get the exception.
+    """
+    @wraps(main)
+    def wrapper(argv=None):
+        try:
+            return main(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130)
+    return wrapper
+
+
+def _unwrap_optional(tp):
+    """Optional[int] -> (int, True); int -> (int, False)."""
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def parse_args(args_cls, argv=None, description=None):
+    """Build an argparse parser from a dataclass and parse `argv` into an instance of it.
+
+    Field `foo_bar` becomes `--foo-bar`; a bool field becomes a flag (`--x` / `--no-x`); a field's
+    `metadata={"help": ..., "choices": ...}` become argparse's help and choices. Argparse itself
+    prints usage and exits with code 2 on an unknown flag or a bad value.
+    """
+    hints = typing.get_type_hints(args_cls)
+    parser = argparse.ArgumentParser(description=description or (args_cls.__doc__ or "").strip(),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(args_cls):
+        tp, optional = _unwrap_optional(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kw = dict(default=default, help=f.metadata.get("help", " "), dest=f.name)
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(tp) in (list, tuple):
+            (item_tp, *_) = typing.get_args(tp) or (str,)
+            parser.add_argument(flag, type=item_tp, nargs="+" if not optional else "*", **kw)
+        else:
+            parser.add_argument(flag, type=tp, **kw)
+    ns = parser.parse_args(argv)
+    return args_cls(**vars(ns))
+
+
+def require(condition, message):
+    """`assert` for user input: raise UserError(message) unless condition holds."""
+    if not condition:
+        raise UserError(message)
+
+
+# ----------------------------------------------------------------------------------------------
+# reproducibility
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (all devices). Explicit Generators are still used where bytes
+    must repeat independently of what else consumed the global streams."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fingerprint(obj, n=16):
+    """Short stable hex digest of a JSON-serialisable object (cache keys, data digests)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def file_signature(path):
+    """(path, size, mtime) of a file, or None: part of a cache key for weights on disk."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    st = p.stat()
+    return [str(p.resolve()), st.st_size, int(st.st_mtime)]
+
+
+# ----------------------------------------------------------------------------------------------
+# devices and torchrun
+
+def pick_device(name="auto"):
+    """'auto' -> cuda if available, else mps, else cpu. Anything else is passed to torch.device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+@dataclasses.dataclass
+class Dist:
+    """Where this process sits in a torchrun job (world_size 1 when run plainly)."""
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+
+def setup_distributed(device_name="auto"):
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1).
+
+    NCCL on CUDA (one GPU per local rank), gloo on CPU so tests can run two processes.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name)
+    if world_size > 1:
+        import torch.distributed as dist
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def cleanup_distributed():
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def autocast(device, enabled=True):
+    """bf16 autocast on CUDA (the GPU path); a no-op on CPU, where we train and test in fp32."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Write `path` through a temp file in the same folder, renamed into place on success.
+
+    A kill or an exception leaves either the old file or the new one, never a partial one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_json(obj, path):
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, allow_nan=False, default=str)
+        f.write("\n")
+
+
+def save_torch(obj, path):
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def cache_root():
+    """Where derived artefacts that are cheap to rebuild live (e.g. text classifiers)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "zeroshot-distill"
+
+
+# ----------------------------------------------------------------------------------------------
+# the teacher: an open_clip model, frozen
+
+HF_HOST = "huggingface.co"
+
+
+def hub_offline():
+    """True if the Hugging Face hub cannot be reached: HF_HUB_OFFLINE is set, or a 3 s TCP probe
+    fails. Without the probe, every missing file costs 25-47 s of retries on a machine with no
+    network. When the probe fails we switch huggingface_hub to offline mode for this process, so
+    files already in the local cache still load at once."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return True
+    try:
+        socket.create_connection((HF_HOST, 443), timeout=3).close()
+        return False
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        with contextlib.suppress(Exception):
+            import huggingface_hub.constants as hc
+            hc.HF_HUB_OFFLINE = True
+        return True
+
+
+@dataclasses.dataclass
+class Teacher:
+    """A loaded open_clip model and everything needed to feed it and identify it."""
+    model: nn.Module            # frozen CLIP model: encode_image, encode_text
+    preprocess: typing.Callable  # PIL -> (3, H, W) tensor, the model's own eval transform
+    tokenizer: typing.Callable   # list[str] -> (N, context_length) token ids
+    name: str                   # open_clip name, or local-dir:ABS_PATH
+    pretrained: typing.Optional[str]  # tag, weights path, or None (local-dir)
+    image_size: int
+    mean: tuple
+    std: tuple
+    embed_dim: int
+
+    @property
+    def ident(self):
+        """What identifies the teacher's weights (goes into cache keys and student.pt)."""
+        return {"model": self.name, "pretrained": self.pretrained}
+
+    def weights_key(self):
+        """ident plus the weight file's size and mtime when it lives on disk, for cache keys."""
+        key = dict(self.ident)
+        if self.name.startswith("local-dir:"):
+            folder = Path(self.name[len("local-dir:"):])
+            key["files"] = sorted(file_signature(p) for p in folder.iterdir() if p.is_file())
+        elif self.pretrained and os.path.isfile(self.pretrained):
+            key["files"] = [file_signature(self.pretrained)]
+        return key
+
+
+def _resolve_teacher_source(name, pretrained):
+    """Check name/tag before open_clip does, so bad input fails fast with a useful message."""
+    import open_clip
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:"):]).expanduser()
+        require(folder.is_dir(), f"teacher folder {folder} does not exist (local-dir:PATH must be an "
+                                 f"open_clip folder with open_clip_config.json and weights)")
+        require((folder / "open_clip_config.json").is_file(),
+                f"{folder} has no open_clip_config.json, so it is not an open_clip model folder")
+        return "local-dir:" + str(folder.resolve()), None
+    if name.startswith("hf-hub:"):
+        require(not hub_offline(), f"{name} needs the Hugging Face hub, which cannot be reached (offline). "
+                                   f"Download the repo elsewhere and pass local-dir:PATH instead")
+        return name, None
+    if name not in open_clip.list_models():
+        raise UserError(f"unknown open_clip model '{name}': use one of open_clip.list_models() "
+                        f"(e.g. ViT-B-32), local-dir:PATH or hf-hub:ORG/REPO")
+    if pretrained in (None, "", "none"):
+        return name, None
+    if os.path.isfile(os.path.expanduser(pretrained)):
+        return name, str(Path(pretrained).expanduser().resolve())
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise UserError(f"unknown pretrained tag '{pretrained}' for {name}: use a weights file or one of "
+                        f"{', '.join(tags) or '(none)'}")
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if hub_offline() and not _pretrained_in_cache(cfg):
+        where = cfg.get("hf_hub") or cfg.get("url") or "the open_clip hub"
+        raise UserError(f"weights {name}/{pretrained} are not in the local cache and the hub cannot be reached "
+                        f"(offline). Run once with internet to cache them, or download {where} and pass "
+                        f"--pretrained /path/to/open_clip_pytorch_model.bin")
+    return name, pretrained
+
+
+def _pretrained_in_cache(cfg):
+    """Is the file behind an open_clip pretrained config already in the Hugging Face cache?"""
+    hub = cfg.get("hf_hub", "")
+    if not hub:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+    repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if filename.endswith(".bin"):
+        candidates.insert(0, filename[:-4] + ".safetensors")
+    return any(isinstance(try_to_load_from_cache(repo, c), str) for c in candidates)
+
+
+def load_teacher(name="ViT-B-32", pretrained="datacomp_xl_s13b_b90k", device="cpu"):
+    """Load an open_clip CLIP model, frozen in eval mode, with its eval transform and tokenizer.
+
+    name: built-in open_clip name (with `pretrained` a tag or a weights file), `local-dir:PATH`
+    (an open_clip folder: open_clip_config.json + weights), or `hf-hub:ORG/REPO`.
+    """
+    import open_clip
+    name, pretrained = _resolve_teacher_source(name, pretrained)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(name)
+    except UserError:
+        raise
+    except Exception as e:  # open_clip raises RuntimeError/ValueError/FileNotFoundError with long texts
+        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise UserError(f"could not load teacher {name} ({pretrained}): {msg}") from None
+    model.eval().requires_grad_(False)
+    pp = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
+    size = pp.get("size", model.visual.image_size)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    embed_dim = _probe_embed_dim(model, size, device)
+    return Teacher(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name, pretrained=pretrained,
+                   image_size=int(size), mean=tuple(pp.get("mean", OPENAI_CLIP_MEAN)),
+                   std=tuple(pp.get("std", OPENAI_CLIP_STD)), embed_dim=embed_dim)
+
+
+def _probe_embed_dim(model, size, device):
+    """Output width of encode_image (512 for ViT-B-32): from the projection, or a 1-image forward."""
+    proj = getattr(model.visual, "proj", None)
+    if isinstance(proj, torch.Tensor):
+        return proj.shape[1]
+    with torch.no_grad():
+        return model.encode_image(torch.zeros(1, 3, size, size, device=device)).shape[-1]
+
+
+def eval_transform(image_size, mean, std):
+    """Resize the short side (bicubic), centre-crop, normalise: CLIP's eval preprocessing."""
+    import open_clip
+    return open_clip.image_transform(image_size, is_train=False, mean=mean, std=std)
+
+
+# ----------------------------------------------------------------------------------------------
+# the student: a timm encoder + a linear map into the teacher's embedding space
+
+class Student(nn.Module):
+    """timm backbone (pretrained=False, num_classes=0: pooled features) + nn.Linear(feat, embed_dim)."""
+
+    def __init__(self, timm_name, embed_dim, image_size=224, pretrained=False):
+        super().__init__()
+        import timm
+        try:
+            self.encoder = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, img_size=image_size)
+        except TypeError:  # CNNs take any size and have no img_size argument
+            self.encoder = timm.create_model(timm_name, pretrained=pretrained, num_classes=0)
+        self.proj = nn.Linear(self.encoder.num_features, embed_dim)  # with bias, as the paper
+        self.timm_name, self.embed_dim, self.image_size = timm_name, embed_dim, image_size
+
+    def forward(self, images):  # (B, 3, H, W) -> (B, embed_dim), not normalised
+        return self.proj(self.encoder(images))
+
+    encode_image = forward  # the CLIP interface zeroshot.py uses for teacher and student alike
+
+
+def build_student(timm_name, embed_dim, image_size=224, pretrained=False):
+    """Create a Student, turning timm's errors (unknown name, weights offline) into UserErrors."""
+    import timm
+    if not timm.is_model(timm_name):
+        raise UserError(f"unknown timm model '{timm_name}': see timm.list_models(), e.g. tiny_vit_11m_224")
+    try:
+        return Student(timm_name, embed_dim, image_size=image_size, pretrained=pretrained)
+    except Exception as e:
+        raise UserError(f"could not create student {timm_name}: {str(e).splitlines()[0][:300]}") from None
+
+
+def load_student(path, device="cpu"):
+    """Load a self-contained student.pt: returns (Student in eval mode, the checkpoint dict)."""
+    path = Path(path)
+    require(path.is_file(), f"student checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable torch checkpoint ({type(e).__name__})") from None
+    require(isinstance(ckpt, dict) and ckpt.get("format") == STUDENT_FORMAT,
+            f"{path} is not a student checkpoint (no format '{STUDENT_FORMAT}'); pass a distill.py "
+            f"student.pt, or an open_clip model name / local-dir:PATH")
+    model = build_student(ckpt["timm_name"], ckpt["embed_dim"], image_size=ckpt["image_size"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt
+
+
+def student_checkpoint(model, teacher, classnames=None, templates=None, dataset=None, class_text_emb=None,
+                       extra=None):
+    """The self-contained student.pt dict (DESIGN.md): everything zeroshot.py needs to run it."""
+    model = getattr(model, "module", model)          # unwrap DDP
+    model = getattr(model, "_orig_mod", model)       # unwrap torch.compile
+    ckpt = {
+        "format": STUDENT_FORMAT,
+        "timm_name": model.timm_name,
+        "embed_dim": model.embed_dim,
+        "image_size": model.image_size,
+        "mean": list(teacher.mean),
+        "std": list(teacher.std),
+        "teacher": teacher.ident,
+        "dataset": dataset,
+        "classnames": list(classnames) if classnames is not None else None,
+        "templates": list(templates) if templates is not None else None,
+        "class_text_emb": class_text_emb.detach().float().cpu() if class_text_emb is not None else None,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    ckpt.update(extra or {})
+    return ckpt
+
+
+# ----------------------------------------------------------------------------------------------
+# synth.py's folder format, read by distill.py and zeroshot.py
+
+def load_manifest(folder):
+    """Read a synth.py output folder (DESIGN.md).
+
+    folder/manifest.jsonl: one JSON object per image with keys path (relative to folder), label (class
+    index), classname, prompt, seed, generator. folder/synth.json: the resolved run settings, with
+    "dataset" (a domains.py name or null) and "classnames" (index -> name).
+    Returns (items: list of (relative path, label), classnames, info dict from synth.json).
+    """
+    folder = Path(folder)
+    manifest = folder / "manifest.jsonl"
+    require(manifest.is_file(), f"{folder} has no manifest.jsonl, so it is not a synth.py folder")
+    info = {}
+    if (folder / "synth.json").is_file():
+        try:
+            info = json.loads((folder / "synth.json").read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{folder / 'synth.json'} is not valid JSON ({e})") from None
+    items, names = [], {}
+    with open(manifest) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                items.append((rec["path"], int(rec["label"])))
+                names.setdefault(int(rec["label"]), rec.get("classname"))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise UserError(f"{manifest}:{lineno} is not a valid manifest line "
+                                f"(need JSON with path and label)") from None
+    classnames = info.get("classnames")
+    if not classnames:
+        num = max(names) + 1 if names else 0
+        classnames = [names.get(i) or f"class {i}" for i in range(num)]
+    require(all(0 <= y < len(classnames) for _, y in items),
+            f"{manifest} has labels outside 0..{len(classnames) - 1} (synth.json's classnames)")
+    return items, list(classnames), info

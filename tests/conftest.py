@@ -1,0 +1,51 @@
+"""Shared fixtures: offline hub, a private cache folder, the tiny teacher and fake datasets."""
+import os
+import sys
+from pathlib import Path
+
+# Before anything imports huggingface_hub: never touch the network (each miss stalls 25-47 s).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import kit  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own XDG cache (text classifiers), so tests never share state by accident."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory):
+    """'local-dir:<path>' of a random tiny open_clip model (64 px, embed_dim 32)."""
+    return kit.make_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher"))
+
+
+@pytest.fixture(scope="session")
+def fake_root(tmp_path_factory):
+    """A data root holding fake test splits of all six torchvision datasets; labels in .labels."""
+    root = tmp_path_factory.mktemp("data")
+    labels = {name: kit.make_fake_dataset(name, root, seed=i) for i, name in enumerate(kit.domains.DATASETS)}
+    return root, labels
+
+
+@pytest.fixture(autouse=True)
+def _flowers_without_md5(monkeypatch):
+    """Flowers102 checks the md5 of its real .mat files; the fake ones only need to exist (tests only)."""
+    from torchvision.datasets import Flowers102
+
+    def exists_only(self):
+        return self._images_folder.is_dir() and all(
+            (self._base_folder / self._file_dict[k][0]).is_file() for k in ("label", "setid"))
+    monkeypatch.setattr(Flowers102, "_check_integrity", exists_only)
