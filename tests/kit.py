@@ -21,7 +21,7 @@ TINY_TEACHER_CFG = {
     "model_cfg": {
         "embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     },
     "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
                        "std": [0.26862954, 0.26130258, 0.27577711]},
@@ -75,7 +75,7 @@ def make_fake_dataset(name, root, n=24, seed=0):
     C = len(classnames)
     if name == "pets":
         base = root / "oxford-iiit-pet"
-        labels = _labels(n, C, seed)
+        labels = _labels(max(n, C), C, seed, all_classes=True)  # torchvision derives classes from the split
         lines = []
         for i, y in enumerate(labels):
             image_id = f"{classnames[y].replace(' ', '_')}_{i + 1}"

@@ -1,0 +1,255 @@
+"""zeroshot.py: metrics by hand, classifier parity (open_clip, CLIP_benchmark), every dataset and model
+kind end to end on the offline kit, and one-line errors for bad input."""
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import common
+import domains
+import kit
+import zeroshot
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics, by hand
+
+def test_metrics_hand_computed():
+    # 4 images, 3 classes. Predictions (argmax): 0, 2, 2, 1; labels: 0, 1, 2, 2.
+    logits = torch.tensor([[3.0, 1.0, 0.0],
+                           [0.0, 1.0, 2.0],
+                           [0.0, 1.0, 5.0],
+                           [1.0, 4.0, 0.0]])
+    labels = torch.tensor([0, 1, 2, 2])
+    m = zeroshot.compute_metrics(logits, labels)
+    assert m["acc1"] == 2 / 4                       # images 0 and 2 right
+    # recall: class 0: 1/1, class 1: 0/1, class 2: 1/2 -> mean 0.5
+    assert m["mean_per_class_recall"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert np.isnan(m["acc5"])                      # fewer than 5 classes, as CLIP_benchmark
+
+
+def test_metrics_top5_and_absent_classes_match_sklearn():
+    from sklearn.metrics import balanced_accuracy_score
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 10, generator=g)
+    labels = torch.randint(0, 7, (50,), generator=g)  # classes 7..9 absent from labels but predicted
+    m = zeroshot.compute_metrics(logits, labels)
+    top5 = logits.topk(5, dim=1).indices
+    assert m["acc5"] == sum(int(labels[i] in top5[i]) for i in range(50)) / 50
+    with pytest.warns(UserWarning):  # sklearn warns about predicted classes absent from y_true
+        ref = balanced_accuracy_score(labels.numpy(), logits.argmax(1).numpy())
+    assert m["mean_per_class_recall"] == ref  # exactly, not approximately
+
+
+# ----------------------------------------------------------------------------------------------
+# the text classifier
+
+def test_classifier_hand_computed_and_cached(tiny_teacher, monkeypatch):
+    teacher = common.load_teacher(tiny_teacher, None)
+    names, templates = ["cat", "dog"], ["a photo of a {c}.", "a {c}."]
+    clf = zeroshot.build_classifier(teacher, names, templates)
+    assert clf.shape == (2, teacher.embed_dim)
+    with torch.no_grad():
+        e = F.normalize(teacher.model.encode_text(teacher.tokenizer(["a photo of a dog.", "a dog."])), dim=-1)
+    expected = (e[0] + e[1]) / (e[0] + e[1]).norm()  # normalise each, average, normalise
+    torch.testing.assert_close(clf[1], expected, atol=1e-6, rtol=1e-5)
+    # cached: neither the in-process cache nor a fresh process (disk) encodes the prompts again
+    def encode_text(*a, **k):
+        raise RuntimeError("prompts encoded again")
+    monkeypatch.setattr(teacher.model, "encode_text", encode_text)
+    zeroshot._CLASSIFIERS.clear()
+    again = zeroshot.build_classifier(teacher, names, templates)
+    assert torch.equal(again, clf)
+    with pytest.raises(RuntimeError, match="encoded again"):  # a different template set is not a cache hit
+        zeroshot.build_classifier(teacher, names, templates[:1])
+
+
+def test_classifier_matches_open_clip(tiny_teacher):
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
+    teacher = common.load_teacher(tiny_teacher, None)
+    names, templates = domains.CLASSNAMES["dtd"], domains.CLIP_BENCHMARK_TEMPLATES["dtd"]
+    ours = zeroshot.build_classifier(teacher, names, templates, batch_size=64)
+    positional = [t.replace("{c}", "{}") for t in templates]  # open_clip formats templates positionally
+    ref = build_zero_shot_classifier(teacher.model, teacher.tokenizer, names, positional, device="cpu",
+                                     use_tqdm=False)  # (D, C)
+    torch.testing.assert_close(ours, ref.t(), atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# parity with CLIP_benchmark on the same model and images, both template sets
+
+@pytest.mark.parametrize("dataset", domains.DATASETS)
+def test_parity_with_clip_benchmark(dataset, tiny_teacher, fake_root, tmp_path):
+    cb = pytest.importorskip("clip_benchmark.metrics.zeroshot_classification")
+    from clip_benchmark.datasets.builder import build_dataset
+    from sklearn.metrics import balanced_accuracy_score
+    root, _ = fake_root
+    teacher = common.load_teacher(tiny_teacher, None)
+    for templates in ("paper", "clip_benchmark"):
+        ds = build_dataset(dataset, root=str(root), transform=teacher.preprocess, split="test", download=False)
+        tmpl = zeroshot.TEMPLATE_SETS[templates][dataset]
+        if templates == "clip_benchmark":
+            assert list(ds.templates) == list(tmpl)  # CLIP_benchmark's own template set
+        assert list(ds.classes) == domains.CLASSNAMES[dataset]  # CLIP_benchmark's own class names
+        loader = torch.utils.data.DataLoader(ds, batch_size=8)
+        ref_clf = cb.zero_shot_classifier(teacher.model, teacher.tokenizer, ds.classes, tmpl, "cpu", amp=False)
+        logits, target = cb.run_classification(teacher.model, ref_clf, loader, "cpu", amp=False)
+        pred = logits.argmax(1)
+        ref = {"acc1": (pred == target).sum().item() / len(target),
+               "acc5": logits.topk(5, 1).indices.eq(target[:, None]).sum().item() / len(target),
+               "mean_per_class_recall": balanced_accuracy_score(target.numpy(), pred.numpy())}
+        out = tmp_path / f"{templates}.json"
+        zeroshot.main(["--model", tiny_teacher, "--dataset", dataset, "--data-root", str(root), "--templates",
+                       templates, "--batch-size", "16", "--workers", "0", "--device", "cpu", "--out", str(out)])
+        got = json.loads(out.read_text())
+        assert got["n"] == len(ds)
+        assert got["metrics"] == ref, (dataset, templates)
+
+
+# ----------------------------------------------------------------------------------------------
+# models and datasets end to end
+
+def _student_ckpt(tmp_path, teacher, dataset="pets", with_text=True):
+    student = common.build_student("test_vit", teacher.embed_dim, image_size=32)
+    names = domains.CLASSNAMES[dataset]
+    templates = domains.PAPER_TEMPLATES[dataset]
+    emb = zeroshot.build_classifier(teacher, names, templates) if with_text else None
+    ckpt = common.student_checkpoint(student, teacher, classnames=names, templates=templates, dataset=dataset,
+                                     class_text_emb=emb)
+    path = tmp_path / "run" / "student.pt"
+    common.save_torch(ckpt, path)
+    return path
+
+
+def test_student_uses_its_own_text_embeddings(tiny_teacher, fake_root, tmp_path, monkeypatch, capsys):
+    root, _ = fake_root
+    teacher = common.load_teacher(tiny_teacher, None)
+    path = _student_ckpt(tmp_path, teacher)
+
+    def no_teacher(*a, **k):
+        raise AssertionError("the teacher must not be loaded for the student's own classes")
+    monkeypatch.setattr(common, "load_teacher", no_teacher)
+    out = tmp_path / "r.json"
+    res = zeroshot.main(["--model", str(path), "--dataset", "pets", "--data-root", str(root), "--workers", "0",
+                         "--out", str(out)])
+    assert res["model"] == "run" and res["n"] == 37
+    assert "pets | run | n 37 | acc1" in capsys.readouterr().out
+    assert json.loads(out.read_text())["metrics"]["acc1"] == res["metrics"]["acc1"]
+
+
+def test_student_on_another_dataset_uses_teacher_text(tiny_teacher, fake_root, tmp_path):
+    root, _ = fake_root
+    teacher = common.load_teacher(tiny_teacher, None)
+    path = _student_ckpt(tmp_path, teacher)
+    zs = zeroshot.load_model(str(path))
+    res = zeroshot.evaluate(zs, "dtd", data_root=str(root), workers=0, progress=False)
+    assert res["num_classes"] == 47 and zs.teacher is not None and zs.teacher.name == teacher.name
+    # the classifier it used is the teacher's, for DTD's classes
+    torch.testing.assert_close(zs.classifier(domains.CLASSNAMES["dtd"], domains.PAPER_TEMPLATES["dtd"], "cpu"),
+                               zeroshot.build_classifier(teacher, domains.CLASSNAMES["dtd"],
+                                                         domains.PAPER_TEMPLATES["dtd"]))
+
+
+def test_student_logits_match_manual(tiny_teacher, tmp_path):
+    """The whole path (transform, encoder, classifier, metrics) equals a hand-written loop."""
+    teacher = common.load_teacher(tiny_teacher, None)
+    folder = kit.make_image_folder(tmp_path / "imgs", classnames=("red_fox", "cat", "dog", "owl", "bee", "ant"),
+                                   per_class=2)
+    path = _student_ckpt(tmp_path, teacher)
+    zs = zeroshot.load_model(str(path))
+    res = zeroshot.evaluate(zs, str(folder), workers=0, progress=False)
+    names, templates = zeroshot.resolve_classes(str(folder))
+    assert names == ["ant", "bee", "cat", "dog", "owl", "red fox"] and templates == zeroshot.GENERIC_TEMPLATES
+    clf = zeroshot.build_classifier(teacher, names, templates)
+    from PIL import Image
+    feats, labels = [], []
+    for y, c in enumerate(["ant", "bee", "cat", "dog", "owl", "red_fox"]):
+        for p in sorted((folder / c).iterdir()):
+            feats.append(zs.encoder(zs.transform(Image.open(p).convert("RGB"))[None]))
+            labels.append(y)
+    logits = 100 * F.normalize(torch.cat(feats), dim=-1) @ clf.t()
+    assert res["metrics"] == zeroshot.compute_metrics(logits.detach(), torch.tensor(labels))
+
+
+def test_synth_folder_and_subset(tiny_teacher, tmp_path):
+    folder = kit.make_synth_folder(tmp_path / "synth" / "pets", dataset="pets", per_class=1)
+    names, templates = zeroshot.resolve_classes(str(folder), "clip_benchmark")
+    assert names == domains.CLASSNAMES["pets"] and templates == domains.CLIP_BENCHMARK_TEMPLATES["pets"]
+    res = zeroshot.evaluate(tiny_teacher, str(folder), workers=0, progress=False)
+    assert res["n"] == 37 and res["dataset"] == "pets"
+    sub = ["images/000/00000.png", "images/005/00000.png"]
+    assert zeroshot.evaluate(tiny_teacher, str(folder), workers=0, subset=sub, progress=False)["n"] == 2
+
+
+def test_corrupt_image_is_skipped_and_named(tiny_teacher, tmp_path, capsys):
+    folder = kit.make_image_folder(tmp_path / "imgs", per_class=3)
+    bad = folder / "square" / "001.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    out = tmp_path / "r.json"
+    zeroshot.main(["--model", tiny_teacher, "--dataset", str(folder), "--workers", "2", "--batch-size", "4",
+                   "--out", str(out)])
+    err = capsys.readouterr().err
+    assert str(bad) in err and "skipped 1 of 9 images" in err
+    assert json.loads(out.read_text())["n"] == 8 and json.loads(out.read_text())["skipped"] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one line on stderr, exit 2, nothing written
+
+def _fails(argv, capsys, tmp_path, expect):
+    out = tmp_path / "never.json"
+    t0 = time.time()
+    with pytest.raises(SystemExit) as e:
+        zeroshot.main(argv + ["--out", str(out), "--workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2
+    assert len(err) >= 1 and err[-1].startswith("error: ") and expect in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    assert not out.exists()
+    assert time.time() - t0 < 15  # fails fast, no hub retries
+    return err[-1]
+
+
+def test_bad_inputs(tiny_teacher, fake_root, tmp_path, capsys):
+    root, _ = fake_root
+    empty = tmp_path / "empty"
+    (empty / "cat").mkdir(parents=True)
+    (tmp_path / "file.jpg").write_bytes(b"x")
+    broken = kit.make_image_folder(tmp_path / "allbad", per_class=1)
+    for p in broken.rglob("*.jpg"):
+        p.write_bytes(b"garbage")
+    not_student = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, not_student)
+    m = ["--model", tiny_teacher]
+    _fails(m + ["--dataset", "imagenet"], capsys, tmp_path, "unknown dataset 'imagenet'")
+    _fails(m + ["--dataset", "pets", "--data-root", str(tmp_path / "nope")], capsys, tmp_path, "does not exist")
+    _fails(m + ["--dataset", "pets", "--data-root", str(empty)], capsys, tmp_path, "--download")
+    _fails(m + ["--dataset", "cars", "--data-root", str(empty)], capsys, tmp_path, "Kaggle")
+    _fails(m + ["--dataset", str(empty)], capsys, tmp_path, "holds no images")
+    _fails(m + ["--dataset", str(tmp_path / "file.jpg")], capsys, tmp_path, "is a file")
+    _fails(m + ["--dataset", str(broken)], capsys, tmp_path, "no readable image")
+    _fails(["--model", str(not_student), "--dataset", "pets", "--data-root", str(root)], capsys, tmp_path,
+           "not a student checkpoint")
+    _fails(["--model", "ViT-Q-99", "--dataset", "pets", "--data-root", str(root)], capsys, tmp_path,
+           "unknown open_clip model")
+    _fails(["--model", "ViT-B-32", "--pretrained", "nosuchtag", "--dataset", "pets"], capsys, tmp_path,
+           "unknown pretrained tag")
+    _fails(["--model", "ViT-B-32", "--dataset", "pets", "--data-root", str(root)], capsys, tmp_path,
+           "not in the local cache")
+    _fails(["--model", "local-dir:" + str(tmp_path / "nodir"), "--dataset", "pets"], capsys, tmp_path,
+           "does not exist")
+
+
+def test_existing_result_needs_overwrite(tiny_teacher, fake_root, tmp_path, capsys):
+    root, _ = fake_root
+    out = tmp_path / "r.json"
+    out.write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        zeroshot.main(["--model", tiny_teacher, "--dataset", "dtd", "--data-root", str(root), "--out", str(out)])
+    assert e.value.code == 2 and out.read_text() == "{}"
+    zeroshot.main(["--model", tiny_teacher, "--dataset", "dtd", "--data-root", str(root), "--out", str(out),
+                   "--overwrite", "--workers", "0", "--limit", "5"])
+    assert json.loads(out.read_text())["n"] == 5

@@ -1,0 +1,409 @@
+"""Zero-shot classification of a CLIP teacher or a distilled student on a labelled image set.
+
+The image encoder (teacher or student) embeds each image; the teacher's frozen text encoder embeds
+one prompt per class and template; the class whose averaged prompt embedding is closest wins.
+Metrics and the classifier follow CLIP_benchmark exactly (top-1, top-5, mean per-class recall).
+
+Commands:
+  # the teacher on the real Pets test split (torchvision downloads it into data/)
+  python zeroshot.py --model ViT-B-32 --pretrained datacomp_xl_s13b_b90k --dataset pets --download
+  # a student trained by distill.py (student.pt carries everything it needs)
+  python zeroshot.py --model runs/pets_l2/student.pt --dataset pets --data-root data
+  # on a synth.py folder or any class_name/*.jpg folder, with CLIP_benchmark's template set
+  python zeroshot.py --model runs/pets_l2/student.pt --dataset data/synth/pets --templates clip_benchmark
+  # CPU smoke run on a few images
+  python zeroshot.py --model local-dir:/path/to/tiny_clip --dataset pets --limit 64 --device cpu
+
+Writes results/<model>_<dataset>.json ({"dataset", "model", "templates", "n", "metrics": {"acc1",
+"acc5", "mean_per_class_recall"}}, CLIP_benchmark's key names) and prints a one-line summary.
+"""
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+import common
+import domains
+from common import UserError, require
+
+TEMPLATE_SETS = {"paper": domains.PAPER_TEMPLATES, "clip_benchmark": domains.CLIP_BENCHMARK_TEMPLATES}
+GENERIC_TEMPLATES = ["a photo of a {c}."]  # for folders that name no known dataset
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Args:
+    """Zero-shot evaluation of an open_clip model or a distilled student."""
+    # model
+    model: str = field(default="ViT-B-32", metadata={"help": "open_clip name, local-dir:PATH, or a student.pt"})
+    pretrained: Optional[str] = field(default="datacomp_xl_s13b_b90k",
+                                      metadata={"help": "open_clip tag or weights file (open_clip names only)"})
+    # data
+    dataset: str = field(default="pets", metadata={"help": f"{'|'.join(domains.DATASETS)}, or a folder"})
+    data_root: str = field(default="data", metadata={"help": "where torchvision datasets live"})
+    split: str = field(default="test", metadata={"help": "dataset split (torchvision datasets only)"})
+    templates: str = field(default="paper", metadata={"help": "prompt set", "choices": list(TEMPLATE_SETS)})
+    download: bool = field(default=False, metadata={"help": "let torchvision download the dataset"})
+    limit: Optional[int] = field(default=None, metadata={"help": "evaluate only the first N images"})
+    # system
+    batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
+    workers: int = field(default=4, metadata={"help": "data loader processes"})
+    device: str = field(default="auto", metadata={"help": "auto|cpu|cuda|cuda:N|mps"})
+    amp: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (no effect on CPU)"})
+    out: Optional[str] = field(default=None, metadata={"help": "result JSON (default results/<model>_<data>.json)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing result JSON"})
+
+
+# ----------------------------------------------------------------------------------------------
+# class names and prompts
+
+def is_folder_dataset(dataset):
+    return dataset not in domains.DATASETS
+
+
+def resolve_classes(dataset, templates="paper"):
+    """(classnames, template list) for a domains.py dataset name or an image folder.
+
+    A synth.py folder names its dataset and classes in synth.json; a plain class_name/*.jpg folder
+    gets its sorted subfolder names (underscores read as spaces) and a generic template.
+    """
+    require(templates in TEMPLATE_SETS, f"unknown template set '{templates}': use {' or '.join(TEMPLATE_SETS)}")
+    if not is_folder_dataset(dataset):
+        return list(domains.CLASSNAMES[dataset]), list(TEMPLATE_SETS[templates][dataset])
+    folder = _check_folder(dataset)
+    if (folder / "manifest.jsonl").is_file():
+        _, classnames, info = common.load_manifest(folder)
+        name = info.get("dataset")
+        if name in domains.DATASETS:
+            return classnames, list(TEMPLATE_SETS[templates][name])
+        return classnames, list(info.get("templates") or GENERIC_TEMPLATES)
+    return [c.replace("_", " ") for c in _class_folders(folder)], list(GENERIC_TEMPLATES)
+
+
+def _check_folder(dataset):
+    folder = Path(dataset)
+    if not folder.exists():
+        raise UserError(f"unknown dataset '{dataset}': use one of {', '.join(domains.DATASETS)} or an image folder")
+    require(folder.is_dir(), f"{folder} is a file, not a dataset folder (class_name/*.jpg or a synth.py folder)")
+    return folder
+
+
+def _class_folders(folder):
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "cache")
+
+
+_CLASSIFIERS = {}  # in-process cache: key -> (C, D) tensor
+
+
+def build_classifier(teacher, classnames, templates, device="cpu", batch_size=256):
+    """Class text embeddings (C, D), built as CLIP_benchmark builds them.
+
+    Each prompt "template.format(c=name)" is embedded by the teacher's text encoder and normalised;
+    the prompts of a class are averaged and the mean normalised again. Prompts are encoded in
+    batches of `batch_size` across classes (CLIP_benchmark encodes one class at a time). Cached in
+    memory and on disk per (teacher weights, classnames, templates): repeated evaluations and
+    distill.py runs never re-encode prompts.
+    """
+    key = common.fingerprint({"teacher": teacher.weights_key(), "classnames": list(classnames),
+                              "templates": list(templates)})
+    path = common.cache_root() / "text" / f"{key}.pt"
+    if key not in _CLASSIFIERS and path.is_file():
+        try:
+            _CLASSIFIERS[key] = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged cache entry is rebuilt, never trusted
+            pass
+    if key not in _CLASSIFIERS:
+        prompts = [t.format(c=c) for c in classnames for t in templates]  # class-major: (C * T,)
+        model = teacher.model
+        model_device = next(model.parameters()).device
+        chunks = []
+        with torch.no_grad():
+            for i in range(0, len(prompts), batch_size):
+                tokens = teacher.tokenizer(prompts[i:i + batch_size]).to(model_device)
+                chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
+        emb = torch.cat(chunks).view(len(classnames), len(templates), -1)  # (C, T, D)
+        emb = F.normalize(emb.mean(dim=1), dim=-1)  # (C, D)
+        _CLASSIFIERS[key] = emb
+        common.save_torch(emb, path)
+    return _CLASSIFIERS[key].to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# models: a teacher (open_clip) or a student (student.pt), behind one interface
+
+@dataclass
+class ZeroShotModel:
+    encoder: torch.nn.Module  # has encode_image: (B, 3, H, W) -> (B, D)
+    transform: object         # PIL image -> (3, H, W) tensor
+    name: str                 # short name for results files
+    student_ckpt: Optional[dict] = None
+    teacher: Optional[common.Teacher] = None
+
+    def classifier(self, classnames, templates, device, teacher=None):
+        """(C, D): the student's stored text embeddings if made for exactly these prompts,
+        otherwise the teacher's text encoder (loaded on demand)."""
+        ck = self.student_ckpt
+        if ck is not None and ck.get("class_text_emb") is not None and ck.get("classnames") == list(classnames) \
+                and ck.get("templates") == list(templates):
+            return ck["class_text_emb"].float().to(device)
+        if self.teacher is None:
+            if teacher is not None and teacher.ident == (ck or {}).get("teacher", teacher.ident):
+                self.teacher = teacher
+            else:
+                t = ck["teacher"]
+                try:
+                    self.teacher = common.load_teacher(t["model"], t["pretrained"], device=device)
+                except UserError as e:
+                    raise UserError(f"the student has no text embeddings for these classes/templates and its "
+                                    f"teacher cannot be loaded: {e}") from None
+        return build_classifier(self.teacher, classnames, templates, device)
+
+
+def load_model(spec, pretrained=None, device="cpu"):
+    """A ZeroShotModel from an open_clip name, local-dir:PATH, or a distill.py student.pt."""
+    if spec.endswith((".pt", ".pth", ".ckpt")) or (os.path.isfile(spec) and not spec.startswith("local-dir:")):
+        student, ckpt = common.load_student(spec, device=device)
+        name = Path(spec).parent.name if Path(spec).name in ("student.pt", "last.pt") else Path(spec).stem
+        return ZeroShotModel(encoder=student, name=name or "student", student_ckpt=ckpt,
+                             transform=common.eval_transform(ckpt["image_size"], ckpt["mean"], ckpt["std"]))
+    teacher = common.load_teacher(spec, pretrained, device=device)
+    if spec.startswith("local-dir:"):
+        name = Path(teacher.name[len("local-dir:"):]).name
+    else:
+        name = spec + (f"_{Path(teacher.pretrained).stem}" if teacher.pretrained and os.path.isfile(
+            teacher.pretrained) else f"_{teacher.pretrained}" if teacher.pretrained else "")
+    return ZeroShotModel(encoder=teacher.model, transform=teacher.preprocess, name=name, teacher=teacher)
+
+
+# ----------------------------------------------------------------------------------------------
+# data: torchvision datasets and image folders, with corrupt images skipped
+
+TORCHVISION = {  # our name -> (torchvision class, extra kwargs)
+    "pets": ("OxfordIIITPet", {"target_types": "category"}),
+    "flowers": ("Flowers102", {}),
+    "cars": ("StanfordCars", {}),
+    "food101": ("Food101", {}),
+    "dtd": ("DTD", {}),
+    "fgvc_aircraft": ("FGVCAircraft", {"annotation_level": "variant"}),
+}
+CARS_HELP = ("torchvision cannot download Stanford Cars (its URL is dead): get it from Kaggle "
+             "(e.g. the 'stanford-cars-dataset' mirror) plus cars_test_annos_withlabels.mat, and lay it out as "
+             "<data-root>/stanford_cars/{devkit/cars_meta.mat, cars_test/*.jpg, cars_test_annos_withlabels.mat}")
+
+
+class FileList(torch.utils.data.Dataset):
+    """(path, label) pairs read with PIL."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        with Image.open(path) as img:
+            return self.transform(img.convert("RGB")), label
+
+
+def image_paths(ds):
+    """The file behind each index of a torchvision dataset or a FileList (for warnings)."""
+    for attr in ("_images", "_image_files"):
+        if hasattr(ds, attr):
+            return [str(p) for p in getattr(ds, attr)]
+    if hasattr(ds, "_samples"):
+        return [str(p) for p, _ in ds._samples]
+    if hasattr(ds, "samples"):
+        return [str(p) for p, _ in ds.samples]
+    return None
+
+
+def build_dataset(dataset, data_root, split, transform, download=False, subset=None):
+    """A torch Dataset of (image tensor, label) for a domains.py name or a folder."""
+    if is_folder_dataset(dataset):
+        folder = _check_folder(dataset)
+        if (folder / "manifest.jsonl").is_file():
+            items, _, _ = common.load_manifest(folder)
+            if subset is not None:
+                keep = set(subset)
+                items = [it for it in items if it[0] in keep]
+            samples = [(str(folder / p), y) for p, y in items]
+        else:
+            classes = _class_folders(folder)
+            samples = [(str(p), y) for y, c in enumerate(classes) for p in sorted((folder / c).rglob("*"))
+                       if p.suffix.lower() in IMAGE_EXTS]
+        require(samples, f"{folder} holds no images (expected class_name/*.jpg folders or a synth.py manifest)")
+        return FileList(samples, transform)
+    import torchvision.datasets as tvd
+    root = Path(data_root)
+    require(root.is_dir() or download, f"data root {root} does not exist: pass --data-root DIR (or --download)")
+    cls_name, kwargs = TORCHVISION[dataset]
+    if dataset == "cars" and download:
+        raise UserError(CARS_HELP)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = getattr(tvd, cls_name)(root=str(root), split=split, transform=transform, download=download, **kwargs)
+    except (RuntimeError, FileNotFoundError, OSError) as e:
+        hint = CARS_HELP if dataset == "cars" else "pass --download to let torchvision fetch it"
+        raise UserError(f"{dataset} ({cls_name}, split {split}) not found or incomplete under {root}: {hint} "
+                        f"[{str(e).splitlines()[0][:120]}]") from None
+    except ValueError as e:
+        raise UserError(f"{dataset}: {e}") from None
+    expected = len(domains.CLASSNAMES[dataset])
+    found = len(getattr(ds, "classes", []))
+    require(found in (0, expected), f"{dataset} under {root} has {found} classes, expected {expected}: "
+                                    f"the files are incomplete or of another version")
+    require(len(ds) > 0, f"{dataset} split {split} under {root} holds no images")
+    return ds
+
+
+class SkipBroken(torch.utils.data.Dataset):
+    """Wrap a dataset so an unreadable image yields None instead of killing the loader."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        try:
+            image, label = self.ds[i]
+            return image, int(label), i
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, unidentified, bad header
+            return None, -1, (i, (str(e).splitlines() or [type(e).__name__])[0][:100])
+
+
+def collate_skipping(batch):
+    """Stack good samples; return the indices (and reasons) of the broken ones."""
+    good = [b for b in batch if b[0] is not None]
+    broken = [b[2] for b in batch if b[0] is None]
+    if not good:
+        return None, None, broken
+    images = torch.stack([b[0] for b in good])
+    labels = torch.tensor([b[1] for b in good])
+    return images, labels, broken
+
+
+# ----------------------------------------------------------------------------------------------
+# the evaluation itself
+
+def predict(model, loader, classifier, device, amp=True, progress=True):
+    """Logits (N, C) = 100 * normalize(image_emb) @ classifier^T, with labels and broken indices."""
+    weights = classifier.t().contiguous()  # (D, C), the layout CLIP_benchmark multiplies with
+    all_logits, all_labels, broken = [], [], []
+    with torch.inference_mode():
+        for images, labels, bad in tqdm(loader, desc="zero-shot", unit="batch", disable=not progress,
+                                        leave=False):
+            broken += bad
+            if images is None:
+                continue
+            images = images.to(device, non_blocking=True)
+            with common.autocast(device, amp):
+                emb = F.normalize(model.encode_image(images), dim=-1)  # (B, D)
+                logits = 100.0 * emb.float() @ weights  # (B, C)
+            all_logits.append(logits.float().cpu())
+            all_labels.append(labels)
+    if not all_logits:
+        return torch.zeros(0, classifier.shape[0]), torch.zeros(0, dtype=torch.long), broken
+    return torch.cat(all_logits), torch.cat(all_labels), broken
+
+
+def compute_metrics(logits, labels):
+    """top-1, top-5 and mean per-class recall, the way CLIP_benchmark computes them.
+
+    acc@k: share of images whose label is among the k highest logits (NaN for k > #classes, as
+    CLIP_benchmark reports acc5 = NaN with fewer than 5 classes). Mean per-class recall: the mean,
+    over classes present in `labels`, of the share of that class's images predicted correctly
+    (sklearn's balanced_accuracy_score).
+    """
+    n, num_classes = logits.shape
+    labels = labels.long()
+    top = logits.topk(min(5, num_classes), dim=1).indices  # (N, k)
+    hit = top.eq(labels[:, None])
+    acc1 = float(hit[:, :1].sum().item()) / n
+    acc5 = float(hit[:, :5].sum().item()) / n if num_classes >= 5 else float("nan")
+    y_true, y_pred = labels.numpy(), top[:, 0].numpy()
+    present = np.unique(y_true)
+    counts = np.bincount(y_true, minlength=num_classes)[present]
+    correct = np.bincount(y_true[y_true == y_pred], minlength=num_classes)[present]
+    mpcr = float(np.mean(correct / counts))
+    return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": mpcr}
+
+
+def evaluate(model, dataset, data_root="data", split="test", templates="paper", pretrained=None, batch_size=256,
+             workers=4, device="cpu", amp=True, download=False, limit=None, subset=None, teacher=None,
+             progress=True):
+    """Zero-shot evaluation; returns the results dict (CLIP_benchmark key names) without writing it.
+
+    model: open_clip name, local-dir:PATH or student.pt path (or a ZeroShotModel); dataset: a
+    domains.py name or a folder; subset: relative paths of a synth.py folder to keep; teacher: a
+    loaded common.Teacher to encode prompts with (saves reloading it).
+    """
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    zs = model if isinstance(model, ZeroShotModel) else load_model(model, pretrained, device)
+    zs.encoder.to(device).eval()
+    classnames, template_list = resolve_classes(dataset, templates)
+    ds = build_dataset(dataset, data_root, split, zs.transform, download=download, subset=subset)
+    if limit is not None:
+        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
+    classifier = zs.classifier(classnames, template_list, device, teacher=teacher)  # (C, D)
+    loader = torch.utils.data.DataLoader(SkipBroken(ds), batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=collate_skipping, pin_memory=device.type == "cuda")
+    t0 = time.time()
+    logits, labels, broken = predict(zs.encoder, loader, classifier, device, amp=amp, progress=progress)
+    seconds = time.time() - t0
+    if broken:
+        base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
+        paths = image_paths(base) or []
+        for i, reason in broken:
+            name = paths[i] if i < len(paths) else f"index {i}"
+            print(f"warning: skipped unreadable image {name} ({reason})", file=sys.stderr)
+        print(f"warning: skipped {len(broken)} of {len(ds)} images", file=sys.stderr)
+    require(len(labels) > 0, f"no readable image in {dataset}: all {len(ds)} files failed to decode")
+    return {"dataset": Path(dataset).name if is_folder_dataset(dataset) else dataset, "model": zs.name,
+            "templates": templates, "n": len(labels), "metrics": compute_metrics(logits, labels),
+            "split": split if not is_folder_dataset(dataset) else None, "skipped": len(broken),
+            "num_classes": len(classnames), "images_per_s": round(len(labels) / max(seconds, 1e-9), 2)}
+
+
+@common.entrypoint
+def main(argv=None):
+    args = common.parse_args(Args, argv)
+    require(args.batch_size > 0, "--batch-size must be positive")
+    require(args.workers >= 0, "--workers must be >= 0")
+    require(args.limit is None or args.limit > 0, "--limit must be positive")
+    require(not is_folder_dataset(args.dataset) or Path(args.dataset).exists(),
+            f"unknown dataset '{args.dataset}': use one of {', '.join(domains.DATASETS)} or an image folder")
+    device = common.pick_device(args.device)
+    zs = load_model(args.model, args.pretrained, device)
+    data_name = Path(args.dataset).name if is_folder_dataset(args.dataset) else args.dataset
+    out = Path(args.out or f"results/{zs.name}_{data_name}.json")
+    require(args.overwrite or not out.exists(), f"{out} exists: pass --overwrite to replace it or --out elsewhere")
+    print(f"zero-shot | model {zs.name} | dataset {args.dataset} | templates {args.templates} | device {device}",
+          file=sys.stderr)
+    result = evaluate(zs, args.dataset, data_root=args.data_root, split=args.split, templates=args.templates,
+                      batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
+                      download=args.download, limit=args.limit)
+    m = result["metrics"]
+    clean = {**result, "metrics": {k: (None if v != v else v) for k, v in m.items()}}  # NaN -> null (JSON)
+    common.save_json(clean, out)
+    print(f"{result['dataset']} | {zs.name} | n {result['n']} | acc1 {100 * m['acc1']:.2f} | "
+          f"acc5 {100 * m['acc5']:.2f} | mean per-class recall {100 * m['mean_per_class_recall']:.2f} | "
+          f"{result['images_per_s']:.1f} img/s | {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
