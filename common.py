@@ -317,10 +317,11 @@ def _resolve_teacher_source(name, pretrained):
                         f"{', '.join(tags) or '(none)'}")
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if hub_offline() and not _pretrained_in_cache(cfg):
-        where = cfg.get("hf_hub") or cfg.get("url") or "the open_clip hub"
+        where = (f"open_clip_pytorch_model.bin from the Hugging Face repo {cfg['hf_hub'].rstrip('/')}"
+                 if cfg.get("hf_hub") else cfg.get("url") or "the weights file")
         raise UserError(f"weights {name}/{pretrained} are not in the local cache and the hub cannot be reached "
                         f"(offline). Run once with internet to cache them, or download {where} and pass "
-                        f"--pretrained /path/to/open_clip_pytorch_model.bin")
+                        f"--pretrained /path/to/that/file")
     return name, pretrained
 
 

@@ -149,6 +149,18 @@ class ZeroShotModel:
     student_ckpt: Optional[dict] = None
     teacher: Optional[common.Teacher] = None
 
+    def info(self):
+        """What the results table needs to know about the model: kind, architecture, size, training."""
+        params = sum(p.numel() for p in (self.encoder.visual if hasattr(self.encoder, "visual") else
+                                         self.encoder).parameters())
+        if self.student_ckpt is None:
+            return {"kind": "teacher", "arch": self.teacher.name, "pretrained": self.teacher.pretrained,
+                    "image_params": params}
+        args = self.student_ckpt.get("args") or {}
+        return {"kind": "student", "arch": self.student_ckpt["timm_name"], "image_params": params,
+                "teacher": self.student_ckpt["teacher"], "loss": args.get("loss"), "data": args.get("data"),
+                "train_dataset": self.student_ckpt.get("dataset"), "step": self.student_ckpt.get("step")}
+
     def classifier(self, classnames, templates, device, teacher=None):
         """(C, D): the student's stored text embeddings if made for exactly these prompts,
         otherwise the teacher's text encoder (loaded on demand)."""
@@ -372,10 +384,15 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
             print(f"warning: skipped unreadable image {name} ({reason})", file=sys.stderr)
         print(f"warning: skipped {len(broken)} of {len(ds)} images", file=sys.stderr)
     require(len(labels) > 0, f"no readable image in {dataset}: all {len(ds)} files failed to decode")
+    if not is_folder_dataset(dataset):
+        source = "real"
+    else:
+        source = "synthetic" if (Path(dataset) / "manifest.jsonl").is_file() else "folder"
     return {"dataset": Path(dataset).name if is_folder_dataset(dataset) else dataset, "model": zs.name,
             "templates": templates, "n": len(labels), "metrics": compute_metrics(logits, labels),
-            "split": split if not is_folder_dataset(dataset) else None, "skipped": len(broken),
-            "num_classes": len(classnames), "images_per_s": round(len(labels) / max(seconds, 1e-9), 2)}
+            "source": source, "split": split if source == "real" else None, "skipped": len(broken),
+            "num_classes": len(classnames), "model_info": zs.info(),
+            "images_per_s": round(len(labels) / max(seconds, 1e-9), 2)}
 
 
 @common.entrypoint
