@@ -1,0 +1,71 @@
+"""common.py: argument parsing, one-line errors, atomic writes, teacher loading errors."""
+import dataclasses
+from typing import List, Optional
+
+import pytest
+
+import common
+
+
+@dataclasses.dataclass
+class _Args:
+    name: str = dataclasses.field(default="a", metadata={"help": "a name", "choices": ["a", "b"]})
+    steps: int = 3
+    lr: float = 0.5
+    limit: Optional[int] = None
+    fast: bool = False
+    tags: List[str] = dataclasses.field(default_factory=lambda: ["x"])
+
+
+def test_parse_args_types_defaults_and_flags():
+    a = common.parse_args(_Args, [])
+    assert a == _Args()
+    a = common.parse_args(_Args, ["--name", "b", "--steps", "7", "--lr", "1e-3", "--limit", "4", "--fast",
+                                  "--tags", "p", "q"])
+    assert (a.name, a.steps, a.lr, a.limit, a.fast, a.tags) == ("b", 7, 1e-3, 4, True, ["p", "q"])
+    assert common.parse_args(_Args, ["--no-fast"]).fast is False
+    with pytest.raises(SystemExit) as e:  # argparse: bad choice -> usage + exit 2
+        common.parse_args(_Args, ["--name", "c"])
+    assert e.value.code == 2
+
+
+def test_entrypoint_turns_user_errors_into_one_line(capsys):
+    @common.entrypoint
+    def main(argv=None):
+        common.require(argv == ["ok"], "bad input: say ok")
+        return 1
+    assert main(["ok"]) == 1
+    with pytest.raises(SystemExit) as e:
+        main(["no"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: bad input: say ok\n"
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "out.json"
+    common.save_json({"v": 1}, path)
+    with pytest.raises(RuntimeError):
+        with common.atomic_write(path, "w") as f:
+            f.write('{"v": 2, "trunc')
+            raise RuntimeError("killed mid-write")
+    assert path.read_text() == '{\n  "v": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left behind
+    with pytest.raises(ValueError):  # NaN is not JSON: refuse rather than write an unreadable file
+        common.save_json({"v": float("nan")}, path)
+
+
+def test_teacher_and_student_errors(tiny_teacher, tmp_path):
+    t = common.load_teacher(tiny_teacher, None)
+    assert (t.image_size, t.embed_dim) == (64, 32)
+    assert not any(p.requires_grad for p in t.model.parameters()) and not t.model.training
+    with pytest.raises(common.UserError, match="unknown timm model"):
+        common.build_student("no_such_net", 32)
+    with pytest.raises(common.UserError, match="does not exist"):
+        common.load_student(tmp_path / "missing.pt")
+    s = common.build_student("test_vit", 32, image_size=32)
+    ckpt = common.student_checkpoint(s, t, classnames=["a"], templates=["{c}"], dataset=None)
+    common.save_torch(ckpt, tmp_path / "s.pt")
+    loaded, meta = common.load_student(tmp_path / "s.pt")
+    assert meta["image_size"] == 32 and meta["teacher"] == t.ident
+    for k, v in s.state_dict().items():
+        assert (loaded.state_dict()[k] == v).all()
