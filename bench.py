@@ -267,6 +267,61 @@ def bench_zeroshot(args, device):
 
 
 # ----------------------------------------------------------------------------------------------
+# synth: synth.py vs a bare loop calling the same pipeline with the same prompts and batches
+
+def bench_synth(args, device):
+    import contextlib
+    import io
+    import shutil
+    import synth
+    tmp = Path(tempfile.mkdtemp(prefix="bench_synth_"))
+    spec = args.generator
+    if spec is None:  # the tests' tiny random pipeline: measures synth.py's own overhead, not a real model
+        sys.path.insert(0, str(Path(__file__).parent / "tests"))
+        import kit_diffusers
+        spec = str(kit_diffusers.make_tiny_pipeline(tmp / "tiny_sd"))
+    name, source = synth.resolve_generator(spec)
+    preset = synth.PRESETS.get(spec, {})
+    steps = preset.get("steps", 2 if args.generator is None else 25)
+    guidance = preset.get("guidance", 0.5)
+    size = preset.get("size", 64 if args.generator is None else 512)
+    per_class = 2 if args.quick else 8
+    batch = min(args.batch_size, 8)
+    pipe, _ = synth.load_generator(source, device)
+    names = domains.CLASSNAMES["pets"]
+    prompts = synth.make_prompts("pets", names, per_class, "diverse", 0)
+    items = [(c, n) for n in range(per_class) for c in range(len(names))]
+
+    def bare():
+        for k in range(0, len(items), batch):
+            chunk = items[k:k + batch]
+            pipe(prompt=[prompts[c][n] for c, n in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                 height=size, width=size,
+                 generator=[torch.Generator().manual_seed(synth.image_seed(0, c, n)) for c, n in chunk]).images
+
+    def full():
+        shutil.rmtree(tmp / "out", ignore_errors=True)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            synth.main(["--dataset", "pets", "--per-class", str(per_class), "--generator", spec, "--steps", str(steps),
+                        "--guidance", str(guidance), "--size", str(size), "--batch-size", str(batch),
+                        "--out", str(tmp / "out"), "--device", str(device)])
+    real_load = synth.load_generator
+    synth.load_generator = lambda source, device: (pipe, torch.float32)  # same loaded model: loading not timed
+    try:
+        t_bare = time_call(bare, device, args.warmup, args.runs)
+        t_full = time_call(full, device, args.warmup, args.runs)
+    finally:
+        synth.load_generator = real_load
+        shutil.rmtree(tmp, ignore_errors=True)
+    n = len(items)
+    rows = [["bare pipeline loop", n, f"{n / t_bare:.1f}", ""],
+            ["synth.py (prompts, saving, manifest)", n, f"{n / t_full:.1f}", f"{100 * (t_full / t_bare - 1):+.1f}%"]]
+    table = markdown([f"{name}, {size} px, {steps} steps, batch {batch}", "images", "img/s", "time vs bare"], rows)
+    return table, {"generator": name, "bare_images_per_s": n / t_bare, "synth_images_per_s": n / t_full,
+                   "overhead": t_full / t_bare - 1}
+
+
+# ----------------------------------------------------------------------------------------------
 # table: the headline table and plot from result JSONs
 
 def load_results(paths):
@@ -410,8 +465,7 @@ def main(argv=None):
         import distill
         table, record = distill.benchmark_train(args, device)
     else:
-        import synth
-        table, record = synth.benchmark(args, device)
+        table, record = bench_synth(args, device)
     head = f"{command} | {environment(device)}" + (" | --quick" if args.quick else "")
     print(f"**{head}**\n\n{table}\n")
     print(json.dumps({"command": command, "environment": environment(device), "record": record}, default=str))

@@ -31,6 +31,8 @@ import torch.nn as nn
 STUDENT_FORMAT = "zsd-student/1"  # the "format" key of every student.pt
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_UMASK = os.umask(0)  # read once (os.umask is process-wide): atomic_write gives files the usual permissions
+os.umask(_UMASK)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,6 +210,7 @@ def atomic_write(path, mode="wb"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs should be readable like any other
     try:
         with os.fdopen(fd, mode) as f:
             yield f

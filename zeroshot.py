@@ -17,7 +17,6 @@ Commands:
 Writes results/<model>_<dataset>.json ({"dataset", "model", "templates", "n", "metrics": {"acc1",
 "acc5", "mean_per_class_recall"}}, CLIP_benchmark's key names) and prints a one-line summary.
 """
-import json
 import os
 import sys
 import time

@@ -17,7 +17,17 @@ import torch  # noqa: E402
 
 import kit  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny models run fastest on one thread, and stay fast when other processes share the cores (several
+# OpenMP threads fighting for busy cores slow a small conv or matmul down by 10x and more). One thread also
+# keeps low-order bits identical between in-process runs and torchrun workers, which use one thread each.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Restore one thread after a test (or a script's main) changed it."""
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,392 @@
+"""Class names -> diverse prompts -> synthetic images of a domain, with a text-to-image diffusion model.
+
+Writes <out>/<dataset>/images/<class:03d>/<n:05d>.png, manifest.jsonl (one line per image: path, label,
+classname, prompt, seed, generator) and synth.json (resolved settings), the folder distill.py and zeroshot.py
+read. Image n of class c comes from its own seed, derived from (--seed, c, n); a rerun skips what is on disk.
+
+  # look at the prompts and counts, no generator needed
+  python synth.py --dataset pets --per-class 5 --dry-run
+  # CPU smoke run on the tiny random pipeline of the tests (no download)
+  python tests/kit_diffusers.py /tmp/tiny_sd
+  python synth.py --dataset pets --per-class 2 --generator /tmp/tiny_sd --steps 2 --size 32 --out /tmp/synth
+  # one GPU, the paper's generator (DreamShaper-7 + LCM-LoRA, 6 steps, 512 px), 265 images per class
+  python synth.py --dataset pets
+  # several GPUs on one machine (each rank takes every world_size-th batch), or independent jobs
+  torchrun --nproc_per_node=4 synth.py --dataset food101 --generator sdxl-lcm
+  python synth.py --dataset cars --shard 0/2   # and --shard 1/2 elsewhere, same --out
+"""
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import random
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+import common
+import domains
+from common import UserError, require
+
+try:
+    import fcntl  # serialises the manifest rewrite of concurrent shard jobs (POSIX)
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+
+@dataclass
+class Args:
+    """Generate a synthetic training set for one domain with a text-to-image diffusion model."""
+    # data
+    dataset: str = field(default="pets", metadata={"help": f"one of {', '.join(domains.DATASETS)}"})
+    per_class: int = field(default=265, metadata={"help": "images per class (the paper's 265); a larger value "
+                                                          "than a previous run's extends it"})
+    prompts: str = field(default="diverse", metadata={"help": "diverse (class + location, time, pose/colour/"
+                                                              "serving/material, angle) | simple ('a photo of a {c}')"})
+    out: str = field(default="data/synth", metadata={"help": "images go to OUT/DATASET/"})
+    format: str = field(default="png", metadata={"help": "png (lossless) | jpg (quality 95, several times smaller)"})
+    save_size: Optional[int] = field(default=None, metadata={"help": "store images resized to this short side "
+                                                                     "(None: as generated)"})
+    # generator
+    generator: str = field(default="sd15-lcm", metadata={"help": "preset (sd15-lcm, sdxl-lcm, sd-turbo, sdxl-turbo),"
+                                                                 " hub id ORG/NAME or a local diffusers folder"})
+    steps: Optional[int] = field(default=None, metadata={"help": "denoising steps (None: the preset's; 25 for "
+                                                                 "other models)"})
+    guidance: Optional[float] = field(default=None, metadata={"help": "guidance scale (None: the preset's; 7.5 for "
+                                                                      "other models)"})
+    size: Optional[int] = field(default=None, metadata={"help": "image side in px (None: the preset's, else the "
+                                                                "model's native size)"})
+    seed: int = field(default=0, metadata={"help": "image n of class c uses a seed derived from (seed, c, n)"})
+    # system
+    batch_size: int = field(default=8, metadata={"help": "images per pipeline call; keep it fixed across reruns "
+                                                         "for byte-identical files"})
+    shard: str = field(default="0/1", metadata={"help": "i/n: this job makes every n-th batch, from the i-th"})
+    writers: int = field(default=4, metadata={"help": "background threads that encode and save images"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N | mps"})
+    dry_run: bool = field(default=False, metadata={"help": "print the prompts and counts, generate nothing"})
+
+
+# All through diffusers' AutoPipelineForText2Image. LCM: LoRA-distilled, few steps, low guidance (<= 1 means
+# no classifier-free guidance pass); turbo: adversarially distilled, 1-4 steps, guidance 0.
+PRESETS = {
+    "sd15-lcm": dict(model="Lykon/dreamshaper-7", lora="latent-consistency/lcm-lora-sdv1-5", steps=6, guidance=0.5,
+                     size=512),
+    "sdxl-lcm": dict(model="stabilityai/stable-diffusion-xl-base-1.0", lora="latent-consistency/lcm-lora-sdxl",
+                     steps=6, guidance=0.5, size=1024),
+    "sd-turbo": dict(model="stabilityai/sd-turbo", lora=None, steps=1, guidance=0.0, size=512),
+    "sdxl-turbo": dict(model="stabilityai/sdxl-turbo", lora=None, steps=1, guidance=0.0, size=512),
+}
+OTHER_DEFAULTS = dict(steps=25, guidance=7.5)  # hub ids and folders: diffusers' usual SD settings, fewer steps
+# synth.json keys that decide the pixels or the prompts: a folder whose values differ holds a different run.
+IDENTITY = ("dataset", "classnames", "generator", "generator_source", "steps", "guidance", "size", "prompts",
+            "seed", "template", "vocabulary", "format", "save_size")
+
+
+def make_prompts(dataset, classnames, per_class, mode, seed):
+    """prompts[c][n] for every class c and image n.
+
+    diverse: the class phrase of the paper's template plus one option of each PROMPT_SLOTS attribute. The option
+    indices of a class run through an orthogonal array on m levels (m odd): rows (x, y, x+y+a, x+2y+b) mod m, so
+    every block of m*m prompts covers each pair of options of each pair of attributes exactly once (the paper's
+    pairwise-covering design, 225 prompts for 15 options), and blocks with different offsets (a, b) never repeat
+    a row: m**4 distinct prompts per class. Rows and options are shuffled per class with seeded RNGs, so a short
+    --per-class still spreads over all options, classes differ, and prompt n does not depend on --per-class.
+    """
+    if mode == "simple":
+        return [[f"a photo of a {name}"] * per_class for name in classnames]
+    template = domains.PAPER_TEMPLATES[dataset][0].rstrip(".")
+    slots = domains.PROMPT_SLOTS[dataset]
+    keys = list(slots)
+    order = [keys[2], keys[0], keys[1], keys[3]]  # "a photo of a Beagle, a type of pet, <pose>, <location>, ..."
+    m = min(len(v) for v in slots.values())
+    m -= 1 - m % 2  # the array needs 2 invertible mod m
+    require(per_class <= m ** 4, f"--per-class {per_class} is more than the {m ** 4} distinct diverse prompts per "
+                                 f"class that {m} options per attribute give")
+    prompts = []
+    for c, name in enumerate(classnames):
+        rng = random.Random(f"{seed}/{c}/options")  # str seeds are stable across processes and Python runs
+        options = [rng.sample(slots[k][:m], m) for k in order]
+        head = template.replace("{c}", name)
+        rows = []
+        for block in range(-(-per_class // (m * m))):
+            cells = random.Random(f"{seed}/{c}/block{block}").sample(range(m * m), m * m)
+            a, b = block % m, block // m
+            rows += [(x, y, (x + y + a) % m, (x + 2 * y + b) % m) for x, y in (divmod(i, m) for i in cells)]
+        prompts.append([", ".join([head] + [options[k][row[k]] for k in range(4)]) for row in rows[:per_class]])
+    return prompts
+
+
+def image_seed(seed, c, n):
+    """63-bit seed of image n of class c: a hash, so nearby (c, n) get unrelated noise."""
+    digest = hashlib.sha256(f"{seed}/{c}/{n}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def resolve_generator(spec, check_cache=True):
+    """--generator -> (name recorded in the outputs, source dict). Offline, fail now if files are missing."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        require((path / "model_index.json").is_file(),
+                f"{path} is not a diffusers pipeline folder (no model_index.json); save one with save_pretrained")
+        return str(path.resolve()), dict(model=str(path.resolve()), lora=None)
+    if spec in PRESETS:
+        name, source = spec, {k: PRESETS[spec][k] for k in ("model", "lora")}
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        name, source = spec, dict(model=spec, lora=None)
+    else:
+        raise UserError(f"unknown generator '{spec}': use a preset ({', '.join(PRESETS)}), a hub id ORG/NAME or a "
+                        f"local diffusers pipeline folder")
+    if check_cache and common.hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+        for repo, file in ((source["model"], "model_index.json"), (source["lora"], "pytorch_lora_weights.safetensors")):
+            if repo and not isinstance(try_to_load_from_cache(repo, file), str):
+                raise UserError(f"generator {spec}: {repo} is not in the local Hugging Face cache and the hub cannot "
+                                f"be reached (offline). Run once with internet, or `hf download {repo} --local-dir "
+                                f"DIR` elsewhere and pass --generator DIR")
+    return name, source
+
+
+def load_generator(source, device):
+    """The diffusers pipeline on `device`: fp16 on CUDA, fp32 elsewhere, safety checker off, LCM-LoRA fused."""
+    import diffusers
+    from diffusers import AutoPipelineForText2Image, LCMScheduler
+    from diffusers.utils import deprecation_utils
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    import transformers
+    for lib in (diffusers, transformers):  # "Loading pipeline components / weights" bars: noise on stderr
+        lib.utils.logging.disable_progress_bar()
+    kwargs = {}
+    if dtype != torch.float32:  # newer diffusers renamed torch_dtype to dtype (and warn on the old name)
+        kwargs["dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"] = dtype
+    try:
+        index = diffusers.DiffusionPipeline.load_config(source["model"])
+        if index.get("safety_checker") not in (None, [None, None]):  # skip loading it at all
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        pipe = AutoPipelineForText2Image.from_pretrained(source["model"], **kwargs)
+        if source["lora"]:
+            pipe.load_lora_weights(source["lora"])
+            pipe.fuse_lora()  # merge into the base weights, then drop the LoRA layers: no per-step overhead
+            pipe.unload_lora_weights()
+            pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    except Exception as e:  # hub, file and config errors arrive as many types with long texts
+        raise UserError(f"could not load generator {source['model']}: {str(e).strip().splitlines()[0][:300]}") from None
+    pipe.set_progress_bar_config(disable=True)  # our own bar counts images, not denoising steps
+    return pipe.to(device), dtype
+
+
+def check_folder(folder, info, skip=()):
+    """Refuse a folder that holds a different run; return the per-class count to record (extensions grow it)."""
+    path = folder / "synth.json"
+    if not path.is_file():
+        require(not (folder / "images").exists() and not (folder / "manifest.jsonl").exists(),
+                f"{folder} holds images but no synth.json, so not a synth.py run; use another --out")
+        return info["per_class"]
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is not valid JSON; use another --out or delete the folder") from None
+    diff = [f"{k}: {old.get(k)!r:.60} vs {info[k]!r:.60}" for k in IDENTITY
+            if k not in skip and old.get(k) != info[k]]
+    require(not diff, f"{folder} holds a different run ({'; '.join(diff)}); use another --out or delete it")
+    require(info["per_class"] >= old["per_class"], f"{folder} holds {old['per_class']} images per class; pass "
+                                                   f"--per-class {old['per_class']} or more, or another --out")
+    return info["per_class"]
+
+
+def scan_images(folder, num_classes, per_class, ext):
+    """{(c, n)} of finished images on disk. Files appear by rename, so a file with a final name is complete."""
+    done = set()
+    for c in range(num_classes):
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(folder / "images" / f"{c:03d}"):
+                stem, dot, suffix = entry.name.partition(".")
+                if suffix == ext and stem.isdigit() and int(stem) < per_class:
+                    done.add((c, int(stem)))
+    return done
+
+
+def write_manifest(folder, done, record):
+    """Rewrite manifest.jsonl from the files on disk (sorted by class, image), atomically and under a lock."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        if fcntl:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        done = done()  # scan inside the lock: the last writer sees every finished file
+        with common.atomic_write(folder / "manifest.jsonl", "w") as f:
+            f.writelines(json.dumps(record(c, n)) + "\n" for c, n in sorted(done))
+    return len(done)
+
+
+def save_image(array, path, fmt, save_size):
+    """(H, W, 3) float in [0, 1] -> image file, written to a temp file and renamed (never half-written)."""
+    image = Image.fromarray((array * 255).round().astype(np.uint8))  # diffusers' own numpy_to_pil rounding
+    if save_size and min(image.size) != save_size:
+        w, h = image.size
+        image = image.resize((round(w * save_size / min(w, h)), round(h * save_size / min(w, h))), Image.LANCZOS)
+    # temp file + fsync + rename: a kill, even a power cut, leaves only complete files under the final names, which
+    # is what makes "a file that exists is finished" safe on resume. The fsync waits on the disk, not the GIL.
+    with common.atomic_write(path) as f:
+        image.save(f, format="PNG" if fmt == "png" else "JPEG", **({"quality": 95} if fmt == "jpg" else {}))
+
+
+class Writer:
+    """Threads that save images (PNG/JPEG encoding releases the GIL) while the accelerator makes the next batch.
+
+    Each image is renamed into place first, then (single writer only) its manifest line is appended with one
+    O_APPEND write, so the manifest never names a missing file. The first error is re-raised by put()/check().
+    """
+
+    def __init__(self, folder, threads, fmt, save_size, manifest_fd=None, max_queued=16):
+        self.folder, self.fmt, self.save_size, self.fd = folder, fmt, save_size, manifest_fd
+        # a bounded queue: if saving falls behind, generation waits instead of piling images up in memory
+        self.queue, self.lock, self.error = queue.Queue(maxsize=max_queued), threading.Lock(), None
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        while (item := self.queue.get()) is not None:
+            if self.error is None:  # after a failure, only drain the queue so put() never blocks
+                try:
+                    array, rec = item
+                    save_image(array, self.folder / rec["path"], self.fmt, self.save_size)
+                    if self.fd is not None:
+                        with self.lock:
+                            os.write(self.fd, (json.dumps(rec) + "\n").encode())
+                except BaseException as e:
+                    self.error = e
+
+    def put(self, array, rec):
+        self.check()
+        self.queue.put((array, rec))
+
+    def check(self):
+        if self.error is not None:
+            raise self.error
+
+    def close(self):
+        """Finish the queued images (they are complete) and stop the threads."""
+        for _ in self.threads:
+            self.queue.put(None)
+        for t in self.threads:
+            t.join()
+
+
+@common.entrypoint
+def main(argv=None):
+    args = common.parse_args(Args, argv)
+    require(args.dataset in domains.DATASETS, f"unknown dataset '{args.dataset}': use one of "
+                                              f"{', '.join(domains.DATASETS)}")
+    require(args.per_class >= 1, f"--per-class must be at least 1 (got {args.per_class})")
+    require(args.prompts in ("diverse", "simple"), f"--prompts must be diverse or simple (got '{args.prompts}')")
+    require(args.format in ("png", "jpg"), f"--format must be png or jpg (got '{args.format}')")
+    require(args.batch_size >= 1 and args.writers >= 1, "--batch-size and --writers must be at least 1")
+    for name in ("steps", "size", "save_size"):
+        require(getattr(args, name) is None or getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
+    shard = re.fullmatch(r"(\d+)/(\d+)", args.shard)
+    require(shard and int(shard[1]) < int(shard[2]), f"--shard must be i/n with 0 <= i < n (got '{args.shard}')")
+    classnames = list(domains.CLASSNAMES[args.dataset])
+    prompts = make_prompts(args.dataset, classnames, args.per_class, args.prompts, args.seed)
+    gen_name, source = resolve_generator(args.generator, check_cache=not args.dry_run)
+    preset = PRESETS.get(args.generator, OTHER_DEFAULTS)
+    steps = args.steps or preset["steps"]
+    guidance = args.guidance if args.guidance is not None else preset["guidance"]
+
+    # Work unit = a batch of the global order i = n * num_classes + c (image-major, so a larger --per-class only
+    # appends). Batch k always holds the same images and goes to part k % parts: batched kernels round differently
+    # for other batch compositions, so fixed batches make shards, ranks and restarts byte-identical.
+    num_classes, folder = len(classnames), Path(args.out) / args.dataset
+    dist = common.setup_distributed(args.device) if not args.dry_run else common.Dist()
+    parts, part = int(shard[2]) * dist.world_size, int(shard[1]) * dist.world_size + dist.rank
+    total = num_classes * args.per_class
+    batches = [[divmod(i, num_classes)[::-1] for i in range(k, min(k + args.batch_size, total))]
+               for k in range(0, total, args.batch_size)][part::parts]  # [(c, n), ...] per batch of this part
+    if args.dry_run:
+        for c, n in (item for batch in batches for item in batch):
+            print(f"{c:03d}/{n:05d} seed {image_seed(args.seed, c, n)} | {prompts[c][n]}")
+        print(f"dry run: {num_classes} classes x {args.per_class} = {total} images, this part ({part}/{parts}) "
+              f"{sum(map(len, batches))}; generator {gen_name}, {steps} steps, guidance {guidance}")
+        return
+
+    info = dict(asdict(args), steps=steps, guidance=guidance, size=args.size or preset.get("size"),
+                generator=gen_name, generator_source=source, classnames=classnames,
+                template=domains.PAPER_TEMPLATES[args.dataset][0],
+                vocabulary=domains.PROMPT_SLOTS[args.dataset] if args.prompts == "diverse" else None, version=1)
+    check_folder(folder, info, skip=() if info["size"] else ("size",))  # before the slow load
+    pipe, dtype = load_generator(source, dist.device)
+    size = info["size"] = info["size"] or pipe.unet.config.sample_size * pipe.vae_scale_factor  # native size
+    info["per_class"] = check_folder(folder, info)
+    # Every process writes it (same identity; rank 0 may still be loading when rank 1 saves its first image), before
+    # any image: a folder holding images always holds its synth.json.
+    common.save_json(info, folder / "synth.json")
+
+    def record(c, n):
+        return {"path": f"images/{c:03d}/{n:05d}.{args.format}", "label": c, "classname": classnames[c],
+                "prompt": prompts[c][n], "seed": image_seed(args.seed, c, n), "generator": gen_name}
+
+    def scan():
+        return scan_images(folder, num_classes, args.per_class, args.format)
+
+    mine = {item for batch in batches for item in batch}
+    for c in {c for c, _ in mine}:  # temp files of a killed run, in this part's share only (others may be live)
+        for tmp in (folder / "images" / f"{c:03d}").glob(".*.tmp"):
+            if tmp.name[1:].partition(".")[0].isdigit() and (c, int(tmp.name[1:].partition(".")[0])) in mine:
+                tmp.unlink(missing_ok=True)
+    manifest_fd = None
+    if parts == 1:  # the only writer: fix the manifest now (orphans, torn line), then append to it per image
+        for tmp in folder.glob(".manifest.jsonl.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        write_manifest(folder, scan, record)
+        manifest_fd = os.open(folder / "manifest.jsonl", os.O_WRONLY | os.O_APPEND)
+    done = scan()
+    todo = sum(item not in done for item in mine)
+    print(f"synth: {args.dataset} {num_classes} classes x {args.per_class} | {gen_name} | {steps} steps, guidance "
+          f"{guidance}, {size} px | {dist.device} {str(dtype)[6:]} | part {part}/{parts}: {todo} to make, "
+          f"{len(mine) - todo} on disk")
+
+    t0, written = time.time(), 0
+    writer = Writer(folder, args.writers, args.format, args.save_size, manifest_fd, max_queued=2 * args.batch_size)
+    bar = tqdm(total=todo, unit="img", disable=not dist.is_main or todo == 0, dynamic_ncols=True)
+    try:
+        for batch in batches:
+            if all(item in done for item in batch):
+                continue
+            # Per-image CPU generators: the noise of image (c, n) is the same on any device, batch or rank.
+            generators = [torch.Generator().manual_seed(image_seed(args.seed, c, n)) for c, n in batch]
+            images = pipe(prompt=[prompts[c][n] for c, n in batch], num_inference_steps=steps, guidance_scale=guidance,
+                          height=size, width=size, generator=generators, output_type="np").images  # (B, H, W, 3)
+            if written == 0 and dist.device.type == "cuda":
+                print(f"peak GPU memory {torch.cuda.max_memory_allocated(dist.device) / 2**30:.1f} GiB at "
+                      f"batch size {len(batch)}")
+            for (c, n), array in zip(batch, images):
+                if (c, n) not in done:
+                    writer.put(array, record(c, n))
+                    written += 1
+            bar.update(sum(item not in done for item in batch))
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(f"out of GPU memory at --batch-size {args.batch_size}: lower it; the files so far are "
+                        f"kept") from None
+    finally:
+        writer.close()
+        bar.close()
+        if manifest_fd is not None:
+            os.close(manifest_fd)
+    writer.check()
+    listed = write_manifest(folder, scan, record)  # sorted; with several parts, the last one to finish lists all
+    seconds = time.time() - t0
+    print(f"done{f' (rank {dist.rank})' if dist.enabled else ''}: wrote {written}, skipped {len(mine) - todo}, "
+          f"{seconds:.2f} s ({written / max(seconds, 1e-9):.2f} img/s); {folder / 'manifest.jsonl'} lists {listed}")
+    common.cleanup_distributed()
+
+
+if __name__ == "__main__":
+    main()
