@@ -51,7 +51,10 @@ class Args:
     per_class: int = field(default=265, metadata={"help": "images per class (the paper's 265); a larger value "
                                                           "than a previous run's extends it"})
     prompts: str = field(default="diverse", metadata={"help": "diverse (class + location, time, pose/colour/"
-                                                              "serving/material, angle) | simple ('a photo of a {c}')"})
+                                                              "serving/material, angle) | simple ('a photo of a {c}')"
+                                                              " | llm (diverse, with an LLM's words per class)"})
+    llm: str = field(default="Qwen/Qwen2.5-1.5B-Instruct", metadata={
+        "help": "--prompts llm: instruction-tuned causal LM (hub id or folder) that writes the attribute options"})
     out: str = field(default="data/synth", metadata={"help": "images go to OUT/DATASET/"})
     format: str = field(default="png", metadata={"help": "png (lossless) | jpg (quality 95, several times smaller)"})
     save_size: Optional[int] = field(default=None, metadata={"help": "store images resized to this short side "
@@ -91,7 +94,7 @@ IDENTITY = ("dataset", "classnames", "generator", "generator_source", "steps", "
             "seed", "template", "vocabulary", "format", "save_size")
 
 
-def make_prompts(dataset, classnames, per_class, mode, seed):
+def make_prompts(dataset, classnames, per_class, mode, seed, attributes=None):
     """prompts[c][n] for every class c and image n.
 
     diverse: the class phrase of the paper's template plus one option of each PROMPT_SLOTS attribute. The option
@@ -100,12 +103,14 @@ def make_prompts(dataset, classnames, per_class, mode, seed):
     pairwise-covering design, 225 prompts for 15 options), and blocks with different offsets (a, b) never repeat
     a row: m**4 distinct prompts per class. Rows and options are shuffled per class with seeded RNGs, so a short
     --per-class still spreads over all options, classes differ, and prompt n does not depend on --per-class.
+    llm: the same design over each class's own options and superclass from attributes.json.
     """
     if mode == "simple":
         return [[f"a photo of a {name}"] * per_class for name in classnames]
     template = domains.PAPER_TEMPLATES[dataset][0].rstrip(".")
     slots = domains.PROMPT_SLOTS[dataset]
     keys = list(slots)
+    type_of = f"a type of {domains.SUPERCLASS[dataset]}"
     order = [keys[2], keys[0], keys[1], keys[3]]  # "a photo of a Beagle, a type of pet, <pose>, <location>, ..."
     m = min(len(v) for v in slots.values())
     m -= 1 - m % 2  # the array needs 2 invertible mod m
@@ -113,9 +118,12 @@ def make_prompts(dataset, classnames, per_class, mode, seed):
                                  f"class that {m} options per attribute give")
     prompts = []
     for c, name in enumerate(classnames):
+        head = template.replace("{c}", name)
+        if mode == "llm":  # this class's own words; the LLM's superclass in "a type of ..."
+            slots = attributes["classes"][name]
+            head = head.replace(type_of, f"a type of {slots['superclass']}")
         rng = random.Random(f"{seed}/{c}/options")  # str seeds are stable across processes and Python runs
         options = [rng.sample(slots[k][:m], m) for k in order]
-        head = template.replace("{c}", name)
         rows = []
         for block in range(-(-per_class // (m * m))):
             cells = random.Random(f"{seed}/{c}/block{block}").sample(range(m * m), m * m)
@@ -123,6 +131,134 @@ def make_prompts(dataset, classnames, per_class, mode, seed):
             rows += [(x, y, (x + y + a) % m, (x + 2 * y + b) % m) for x, y in (divmod(i, m) for i in cells)]
         prompts.append([", ".join([head] + [options[k][row[k]] for k in range(4)]) for row in rows[:per_class]])
     return prompts
+
+
+# ----------------------------------------------------------------------------------------------
+# --prompts llm: an instruction-tuned LM writes each class's attribute options (PAPER.md: the authors used
+# Llama-2-7b-chat). Answers are parsed strictly; a class whose answer stays malformed after a few seeded
+# retries falls back to domains.py's words. The result is written once to attributes.json and reused.
+
+LLM_RETRIES = 3      # attempts per (class, attribute) before falling back to domains.py's words
+LLM_MAX_WORDS = 6    # an option longer than this is prose, not a phrase
+SLOT_QUESTIONS = {   # what each attribute asks for; {x} = "a <class name>, a type of <superclass>"
+    "location": "places or settings where a photo of {x} could be taken",
+    "time": "times of day, seasons or lighting conditions for a photo of {x}",
+    "pose": "poses or activities of {x} that a photo could show",
+    "colour": "colours or colour combinations that {x} can have",
+    "serving": "ways {x} can be served or presented on a table",
+    "material": "objects or surfaces on which {x} texture can appear",
+    "angle": "camera angles or shot types for a photo of {x}",
+}
+NUMBERED = re.compile(r"^\s*\(?(\d{1,2})\s*[.):]\s*(.*?)\s*$")  # "1. x", "1) x", "(1) x", "1: x"
+ALLOWED = re.compile(r"^[a-z0-9][a-z0-9 ,'&/-]*$")
+
+
+def parse_options(text, n, max_words=LLM_MAX_WORDS):
+    """The first n distinct options of a numbered list, or None if the answer has fewer than n usable ones.
+
+    Lines that are not numbered (a chatty preamble, a closing remark) are ignored; a numbered item is
+    dropped if it is empty, longer than max_words words, or holds anything but plain words (prose,
+    markup, a sentence with a colon); duplicates (case-insensitive) are dropped.
+    """
+    items = []
+    for line in text.splitlines():
+        m = NUMBERED.match(line)
+        if not m:
+            continue
+        item = m.group(2).strip(" \t\"'`*_.;,!").lower()  # markup, quotes, end punctuation
+        if not item or len(item.split()) > max_words or not ALLOWED.match(item) or item in items:
+            continue
+        items.append(item)
+    return items[:n] if len(items) >= n else None
+
+
+def parse_word(text):
+    """A one-word answer ("dog"), lower-cased, or None."""
+    words = re.findall(r"[A-Za-z]+", text.strip().splitlines()[0] if text.strip() else "")
+    return words[0].lower() if len(words) == 1 and len(words[0]) <= 20 else None
+
+
+def load_llm(llm_id, device):
+    """Tokenizer and causal LM from a hub id or a local folder; offline misses fail in seconds."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not os.path.isdir(llm_id) and common.hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+        require(isinstance(try_to_load_from_cache(llm_id, "config.json"), str),
+                f"LLM {llm_id} is not in the local Hugging Face cache and the hub cannot be reached (offline): "
+                f"download it once with internet, or pass --llm /path/to/a/local/model/folder")
+    import transformers
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    kwargs = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": dtype}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(llm_id)
+        model = AutoModelForCausalLM.from_pretrained(llm_id, **kwargs).to(device).eval()
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not load LLM {llm_id}: {str(e).splitlines()[0][:200]}") from None
+    return tokenizer, model
+
+
+def ask_llm(tokenizer, model, question, seed, max_new_tokens=160):
+    """One sampled answer to one question (seeded, so a rerun asks and gets the same)."""
+    messages = [{"role": "user", "content": question}]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = question + "\n"
+    inputs = tokenizer(text, return_tensors="pt").to(model.device)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(**inputs, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def write_attributes(args, classnames, path, device):
+    """Ask the LLM for every class's attribute options once; attributes.json is reused ever after."""
+    if path.is_file():
+        try:
+            attributes = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{path} is not valid JSON; delete it to ask the LLM again") from None
+        require(attributes.get("llm") == args.llm and attributes.get("seed") == args.seed
+                and list(attributes.get("classes", {})) == list(classnames),
+                f"{path} was written by {attributes.get('llm')} (seed {attributes.get('seed')}) for other settings; "
+                f"use another --out, or delete it to ask {args.llm} again")
+        return attributes
+    slots = list(domains.PROMPT_SLOTS[args.dataset])
+    n = len(domains.PROMPT_SLOTS[args.dataset][slots[0]])  # as many options as the built-in lists (15)
+    tokenizer, model = load_llm(args.llm, device)
+    classes, fallback = {}, {}
+    for c, name in enumerate(tqdm(classnames, desc="LLM attributes", unit="class")):
+        x = f"a {name}, a type of {domains.SUPERCLASS[args.dataset]}"
+        entry = {"superclass": None}
+        for attempt in range(LLM_RETRIES):
+            entry["superclass"] = parse_word(ask_llm(
+                tokenizer, model, f"In one word, what kind of thing is a {name}? Answer with the single word only.",
+                seed=image_seed(args.seed, c, f"llm/superclass/{attempt}"), max_new_tokens=8))
+            if entry["superclass"]:
+                break
+        entry["superclass"] = entry["superclass"] or domains.SUPERCLASS[args.dataset]
+        for slot in slots:
+            options = None
+            for attempt in range(LLM_RETRIES):
+                question = (f"List {n} different {SLOT_QUESTIONS[slot].format(x=x)}. Answer with a numbered list "
+                            f"only: one short phrase of at most {LLM_MAX_WORDS} words per line, no explanations.")
+                answer = ask_llm(tokenizer, model, question, image_seed(args.seed, c, f"llm/{slot}/{attempt}"))
+                options = parse_options(answer, n)
+                if options:
+                    break
+            if options is None:
+                options = list(domains.PROMPT_SLOTS[args.dataset][slot])
+                fallback.setdefault(name, []).append(slot)
+            entry[slot] = options
+        classes[name] = entry
+    del model, tokenizer  # free the LLM before the diffusion model is loaded, so both fit one GPU
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    attributes = {"llm": args.llm, "seed": args.seed, "retries": LLM_RETRIES, "classes": classes,
+                  "fallback": fallback}
+    common.save_json(attributes, path)
+    return attributes
 
 
 def image_seed(seed, c, n):
@@ -287,7 +423,8 @@ def main(argv=None):
     require(args.dataset in domains.DATASETS, f"unknown dataset '{args.dataset}': use one of "
                                               f"{', '.join(domains.DATASETS)}")
     require(args.per_class >= 1, f"--per-class must be at least 1 (got {args.per_class})")
-    require(args.prompts in ("diverse", "simple"), f"--prompts must be diverse or simple (got '{args.prompts}')")
+    require(args.prompts in ("diverse", "simple", "llm"),
+            f"--prompts must be diverse, simple or llm (got '{args.prompts}')")
     require(args.format in ("png", "jpg"), f"--format must be png or jpg (got '{args.format}')")
     require(args.batch_size >= 1 and args.writers >= 1, "--batch-size and --writers must be at least 1")
     for name in ("steps", "size", "save_size"):
@@ -295,7 +432,6 @@ def main(argv=None):
     shard = re.fullmatch(r"(\d+)/(\d+)", args.shard)
     require(shard and int(shard[1]) < int(shard[2]), f"--shard must be i/n with 0 <= i < n (got '{args.shard}')")
     classnames = list(domains.CLASSNAMES[args.dataset])
-    prompts = make_prompts(args.dataset, classnames, args.per_class, args.prompts, args.seed)
     gen_name, source = resolve_generator(args.generator, check_cache=not args.dry_run)
     preset = PRESETS.get(args.generator, OTHER_DEFAULTS)
     steps = args.steps or preset["steps"]
@@ -306,6 +442,18 @@ def main(argv=None):
     # for other batch compositions, so fixed batches make shards, ranks and restarts byte-identical.
     num_classes, folder = len(classnames), Path(args.out) / args.dataset
     dist = common.setup_distributed(args.device) if not args.dry_run else common.Dist()
+    attributes = None
+    if args.prompts == "llm":  # rank 0 asks the LLM once; everyone then reads attributes.json
+        path = folder / "attributes.json"
+        if dist.is_main:
+            attributes = write_attributes(args, classnames, path, common.pick_device(args.device))
+            fell_back = ", ".join(f"{c} ({'/'.join(s)})" for c, s in attributes["fallback"].items())
+            print(f"attributes: {path} ({args.llm}); fell back to domains.py words for "
+                  f"{len(attributes['fallback'])} of {len(classnames)} classes{': ' + fell_back if fell_back else ''}")
+        if dist.enabled:
+            torch.distributed.barrier()
+        attributes = attributes or json.loads(path.read_text())
+    prompts = make_prompts(args.dataset, classnames, args.per_class, args.prompts, args.seed, attributes)
     parts, part = int(shard[2]) * dist.world_size, int(shard[1]) * dist.world_size + dist.rank
     total = num_classes * args.per_class
     batches = [[divmod(i, num_classes)[::-1] for i in range(k, min(k + args.batch_size, total))]
@@ -320,7 +468,8 @@ def main(argv=None):
     info = dict(asdict(args), steps=steps, guidance=guidance, size=args.size or preset.get("size"),
                 generator=gen_name, generator_source=source, classnames=classnames,
                 template=domains.PAPER_TEMPLATES[args.dataset][0],
-                vocabulary=domains.PROMPT_SLOTS[args.dataset] if args.prompts == "diverse" else None, version=1)
+                vocabulary={"diverse": domains.PROMPT_SLOTS[args.dataset], "simple": None,
+                            "llm": attributes and attributes["classes"]}[args.prompts], version=1)
     check_folder(folder, info, skip=() if info["size"] else ("size",))  # before the slow load
     pipe, dtype = load_generator(source, dist.device)
     size = info["size"] = info["size"] or pipe.unet.config.sample_size * pipe.vae_scale_factor  # native size
