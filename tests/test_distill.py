@@ -1,0 +1,329 @@
+"""distill.py: losses by hand, the teacher cache (exact, reused, rebuilt), a tiny run that learns and is
+evaluated by zeroshot.py, bit-exact resume, torchrun parity, and one-line errors for bad input."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import common
+import distill
+import kit
+import zeroshot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_args(data, teacher, out, *extra, steps=6):
+    """A tiny CPU run: test_vit student at 32 px, batch 8, 2 cached views, no worker processes."""
+    return ["--data", str(data), "--teacher", teacher, "--out", str(out), "--student", "test_vit",
+            "--image-size", "32", "--batch-size", "8", "--views", "2", "--steps", str(steps), "--workers", "0",
+            "--device", "cpu", "--log-every", "1", "--save-every", "3", *extra]
+
+
+def weights(path):
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt.get("state_dict") or ckpt["model"]
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def log_steps(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def synth(tmp_path):
+    return kit.make_synth_folder(tmp_path / "synth", per_class=8)  # 3 classes x 8 images, 40x48 px
+
+
+# ----------------------------------------------------------------------------------------------
+# losses, by hand
+
+def test_l2_loss_hand_computed():
+    s = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    t = torch.tensor([[6.0, 8.0], [0.0, 2.0]])
+    # row 0: same direction -> distance 0; row 1: (1, 0) vs (0, 1) -> sqrt(2). Mean: sqrt(2) / 2 (not squared: 1)
+    assert distill.l2_loss(s, t).item() == pytest.approx(math.sqrt(2) / 2, abs=1e-6)
+    assert distill.l2_loss(s, 5 * s).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_contrastive_and_mix_hand_computed():
+    text = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # class 0 -> (1, 0), class 1 -> (0, 1) after normalising
+    s = torch.tensor([[5.0, 0.0], [0.0, 0.5]])
+    # labels 0, 1 and tau 1: logits [[1, 0], [0, 1]]; each CE row = -log(e / (e + 1)) = log(1 + e^-1), both ways
+    y = torch.tensor([0, 1])
+    assert distill.contrastive_loss(s, text, y, 1.0).item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    # tau 0.5 doubles the logits: log(1 + e^-2); tau 0.01: ~0
+    assert distill.contrastive_loss(s, text, y, 0.5).item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-6)
+    assert distill.contrastive_loss(s, text, y, 0.01).item() == pytest.approx(0.0, abs=1e-6)
+    # both images of class 0 share its prompt and are false negatives. logits s u^T = [[1, 1], [0, 0]]:
+    # image->text rows: log 2, log 2; text->image rows of [[1, 0], [1, 0]]: log(1 + e^-1), log(1 + e)
+    same = torch.tensor([0, 0])
+    expected = 0.5 * (math.log(2) + 0.5 * (math.log(1 + math.exp(-1)) + math.log(1 + math.e)))  # 0.753204
+    assert distill.contrastive_loss(s, text, same, 1.0).item() == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx(0.753204, abs=1e-6)
+    # mix: (1 - alpha) * l2 + alpha * contrastive; teacher (1, 1) and (0, 1): l2 = (|(1,0)-(.7071,.7071)| + 0) / 2
+    t = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    l2 = math.sqrt((1 - math.sqrt(0.5)) ** 2 + 0.5) / 2
+    mix = distill.LOSSES["mix"](s, t, text, y, 1.0, 0.25)
+    assert mix.item() == pytest.approx(0.75 * l2 + 0.25 * math.log(1 + math.exp(-1)), abs=1e-6)
+    assert distill.LOSSES["mix"](s, t, text, y, 1.0, 0.0).item() == pytest.approx(l2, abs=1e-6)  # alpha 0 = l2
+
+
+def test_lr_schedules():
+    args = distill.Args(lr=1.0, warmup=4, schedule="cosine")
+    assert [distill.lr_at(s, args, 104) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]  # linear warm-up
+    assert distill.lr_at(54, args, 104) == pytest.approx(0.5)  # half-way through the cosine
+    assert distill.lr_at(103, args, 104) == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert distill.lr_at(50, distill.Args(lr=1.0), 104) == 1.0  # the paper's constant lr
+
+
+def test_gradient_flows_only_into_the_student(tiny_teacher):
+    teacher = common.load_teacher(tiny_teacher, None)
+    student = common.build_student("test_vit", teacher.embed_dim, image_size=64)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        t_emb = teacher.model.encode_image(x)  # as distill.py runs the teacher (or reads the cache)
+    text = torch.randn(3, teacher.embed_dim)
+    for name, fn in distill.LOSSES.items():
+        student.zero_grad()
+        fn(student(x), t_emb, text, torch.tensor([0, 1, 2, 0]), 0.01, 0.5).backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.proj.parameters()), name
+    assert not t_emb.requires_grad and not any(p.requires_grad for p in teacher.model.parameters())
+    assert all(p.grad is None for p in teacher.model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# the teacher cache
+
+def test_cache_is_exact_reused_and_rebuilt(tiny_teacher, synth, tmp_path, monkeypatch, capsys):
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "a", steps=3))
+    [path] = list((synth / "cache").glob("*.pt"))
+    cache = torch.load(path, weights_only=True)
+    n = 24
+    assert cache["emb"].shape == (n, 2, 32) and cache["emb"].dtype == torch.float16
+    assert cache["meta"]["views"] == 2 and cache["meta"]["resolution"] == 64 and cache["meta"]["n"] == n
+    assert list(cache["text"].values())[0]["classnames"] == ["circle", "square", "triangle"]
+    # boxes lie inside the 48x40 images and differ between views
+    top, left, h, w = cache["boxes"].unbind(-1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 40).all() and (left + w <= 48).all()
+    assert not torch.equal(cache["boxes"][:, 0], cache["boxes"][:, 1])
+    # exact: the teacher's embedding of the rebuilt crop equals the cached one (fp16 storage)
+    teacher = common.load_teacher(tiny_teacher, None)
+    images = distill.load_images(synth)
+    views = distill.Views(images, [64], teacher.mean, teacher.std)
+    pairs = [(0, 0), (5, 1), (13, 0), (23, 1)]
+    crops = torch.stack([views[(i, k, cache["boxes"][i, k].tolist(), bool(cache["flips"][i, k]))][0][0]
+                         for i, k in pairs])
+    with torch.no_grad():
+        fresh = teacher.model.encode_image(crops)
+    cached = torch.stack([cache["emb"][i, k] for i, k in pairs]).float()
+    torch.testing.assert_close(cached, fresh, rtol=2e-3, atol=2e-3 * fresh.abs().max().item())
+    assert not torch.allclose(cached[0], cached[1])  # different views, different embeddings
+
+    # reused: another loss and run never rebuilds it, and the run is identical to one that built it
+    mtime = path.stat().st_mtime_ns
+    monkeypatch.setattr(distill, "build_cache", lambda *a, **k: pytest.fail("cache rebuilt"))
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "b", "--workers", "2", steps=3))  # any worker count
+    assert "reusing" in capsys.readouterr().out and path.stat().st_mtime_ns == mtime
+    assert_same(weights(tmp_path / "a" / "student.pt"), weights(tmp_path / "b" / "student.pt"))
+    rng_a, rng_b = (torch.load(tmp_path / r / "last.pt", weights_only=False)["rng"]["torch"] for r in "ab")
+    assert torch.equal(rng_a, rng_b)  # building the cache drew nothing from the training run's random streams
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "c", "--loss", "contrastive", steps=1))
+    monkeypatch.undo()
+
+    # rebuilt: a damaged or mismatching cache at the same path, or a changed image set
+    meta = dict(cache["meta"], seed=123)
+    torch.save(dict(cache, meta=meta), path)
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "d", steps=1))
+    assert "built" in capsys.readouterr().out and torch.load(path, weights_only=True)["meta"]["seed"] == 0
+    kit.random_image(__import__("numpy").random.default_rng(1)).save(synth / "images" / "000" / "00099.png")
+    with open(synth / "manifest.jsonl", "a") as f:
+        f.write(json.dumps({"path": "images/000/00099.png", "label": 0, "classname": "circle"}) + "\n")
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "e", steps=1))
+    assert torch.load(path, weights_only=True)["emb"].shape[0] == n + 1
+    # another K is another cache file; the first one stays for runs that use it
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "f", "--views", "3", steps=1))
+    assert sorted(int(p.name.split("-K")[1][0]) for p in (synth / "cache").glob("*.pt")) == [2, 3]
+
+
+# ----------------------------------------------------------------------------------------------
+# a tiny run learns, and zeroshot.py evaluates its student.pt
+
+def test_tiny_run_learns_and_zeroshot_evaluates(tiny_teacher, synth, tmp_path):
+    out = tmp_path / "run"
+    t0 = time.time()
+    distill.main(run_args(synth, tiny_teacher, out, "--log-every", "20", "--views", "4", steps=200))
+    assert time.time() - t0 < 60
+    losses = [r["loss"] for r in log_steps(out)]
+    assert len(losses) == 10 and losses[-1] <= 0.5 * losses[0], losses
+    teacher = common.load_teacher(tiny_teacher, None)
+    ckpt = torch.load(out / "student.pt", weights_only=False)
+    assert ckpt["classnames"] == ["circle", "square", "triangle"] and ckpt["step"] == 200
+    expected = zeroshot.build_classifier(teacher, ckpt["classnames"], ckpt["templates"])
+    torch.testing.assert_close(ckpt["class_text_emb"], expected)
+    result = zeroshot.evaluate(str(out / "student.pt"), str(synth), workers=0, progress=False)
+    assert result["n"] == 24 and 0.0 <= result["metrics"]["acc1"] <= 1.0
+    assert {"dataset", "model", "templates", "n", "metrics"} <= result.keys()
+
+
+def test_no_cache_contrastive_and_plain_folder(tiny_teacher, synth, tmp_path):
+    # --no-cache: the teacher runs online at its own 64 px on the view the student sees at 32 px
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "a", "--no-cache", "--loss", "contrastive", steps=3))
+    assert not (synth / "cache").exists()
+    assert all(math.isfinite(r["loss"]) for r in log_steps(tmp_path / "a"))
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "b", "--no-cache", "--loss", "contrastive", steps=3))
+    assert_same(weights(tmp_path / "a" / "student.pt"), weights(tmp_path / "b" / "student.pt"))  # reproducible
+    # any image folder, no labels: L2 only; --dataset still gives student.pt its class set
+    plain = kit.make_image_folder(tmp_path / "plain", per_class=3)
+    distill.main(run_args(plain, tiny_teacher, tmp_path / "c", "--dataset", "dtd", steps=2))
+    ckpt = torch.load(tmp_path / "c" / "student.pt", weights_only=False)
+    assert ckpt["dataset"] == "dtd" and ckpt["class_text_emb"].shape == (47, 32)
+
+
+def test_eval_root_and_holdout(tiny_teacher, fake_root, tmp_path):
+    root, labels = fake_root
+    folder = kit.make_synth_folder(tmp_path / "pets", dataset="pets", per_class=1)  # 37 images
+    out = tmp_path / "run"
+    distill.main(run_args(folder, tiny_teacher, out, "--eval-root", str(root), "--holdout", "0.2", steps=2))
+    real = json.loads((out / "eval_pets.json").read_text())
+    held = json.loads((out / "eval_holdout.json").read_text())
+    assert real["dataset"] == "pets" and real["n"] == len(labels["pets"]) and "acc1" in real["metrics"]
+    assert held["n"] == 7 and "mean_per_class_recall" in held["metrics"]
+
+
+# ----------------------------------------------------------------------------------------------
+# resume
+
+def test_resume_is_bit_identical_also_after_a_kill(tiny_teacher, synth, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    distill.main(run_args(synth, tiny_teacher, straight, steps=10))
+    # N steps, then resume to 2N
+    half = tmp_path / "half"
+    distill.main(run_args(synth, tiny_teacher, half, steps=5))
+    distill.main(run_args(synth, tiny_teacher, half, "--resume", steps=10))
+    a, b = (torch.load(p / "last.pt", weights_only=False) for p in (straight, half))
+    assert_same(a["model"], b["model"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])  # e.g. for drop-path students
+    assert a["optimizer"]["state"][0]["exp_avg_sq"].equal(b["optimizer"]["state"][0]["exp_avg_sq"])
+    assert [r["step"] for r in log_steps(half)] == list(range(1, 11))
+    # killed at step 8 (between the checkpoints of steps 6 and 9): resume redoes 7.. and ends identical
+    killed, calls = tmp_path / "killed", []
+    l2 = distill.LOSSES["l2"]
+
+    def dying(*a):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return l2(*a)
+    monkeypatch.setitem(distill.LOSSES, "l2", dying)
+    with pytest.raises(SystemExit) as e:
+        distill.main(run_args(synth, tiny_teacher, killed, steps=10))
+    assert e.value.code == 130 and torch.load(killed / "last.pt", weights_only=False)["step"] == 6
+    assert not (killed / "student.pt").exists()
+    monkeypatch.setitem(distill.LOSSES, "l2", l2)
+    distill.main(run_args(synth, tiny_teacher, killed, "--resume", steps=10))
+    assert_same(weights(straight / "student.pt"), weights(killed / "student.pt"))
+    assert [r["step"] for r in log_steps(killed)] == list(range(1, 11))
+
+
+# ----------------------------------------------------------------------------------------------
+# torchrun
+
+def test_torchrun_two_processes_match_one(tiny_teacher, synth, tmp_path):
+    # the 2-process run builds its folder's cache in two shares; the 1-process run builds its own copy's
+    copy = tmp_path / "copy"
+    shutil.copytree(synth, copy)
+    args = ["--loss", "mix", "--alpha", "0.5", "--batch-size", "12"]  # the contrastive term needs all 12 images
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "distill.py", *run_args(synth, tiny_teacher, tmp_path / "ddp", *args, steps=4)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world 2" in proc.stdout
+    distill.main(run_args(copy, tiny_teacher, tmp_path / "one", *args, steps=4))
+    [c2] = (synth / "cache").glob("*.pt")
+    [c1] = (copy / "cache").glob("*.pt")
+    e2, e1 = torch.load(c2, weights_only=True)["emb"], torch.load(c1, weights_only=True)["emb"]
+    assert (e2.abs().sum(-1) > 0).all()  # every image's views came back from its rank
+    torch.testing.assert_close(e2.float(), e1.float(), rtol=2e-3, atol=2e-3)
+    w2, w1 = weights(tmp_path / "ddp" / "student.pt"), weights(tmp_path / "one" / "student.pt")
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
+    moved = sum((w1[k] - w0).abs().sum() for k, w0 in weights_at_init(tiny_teacher).items())
+    assert moved > 0  # the runs trained at all
+
+
+def weights_at_init(tiny_teacher):
+    common.seed_everything(0)
+    return common.build_student("test_vit", common.load_teacher(tiny_teacher, None).embed_dim,
+                                image_size=32).state_dict()
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one line, exit 2, nothing good overwritten
+
+def fails(argv, capsys, expect):
+    with pytest.raises(SystemExit) as e:
+        distill.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
+
+
+def test_bad_inputs(tiny_teacher, synth, tmp_path, capsys):
+    done = tmp_path / "done"
+    distill.main(run_args(synth, tiny_teacher, done, steps=3))
+    capsys.readouterr()
+    files = {p.name: p.read_bytes() for p in done.iterdir()}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    plain = kit.make_image_folder(tmp_path / "plain", per_class=2)
+    fails(run_args(tmp_path / "nope", tiny_teacher, tmp_path / "x"), capsys, "does not exist")
+    fails(run_args(empty, tiny_teacher, tmp_path / "x"), capsys, "holds no images")
+    fails(run_args(plain, tiny_teacher, tmp_path / "x", "--loss", "contrastive"), capsys, "needs class labels")
+    other = tmp_path / "other.pt"
+    other_student = common.build_student("test_vit2", 32, image_size=32)
+    torch.save(common.student_checkpoint(other_student, common.load_teacher(tiny_teacher, None)), other)
+    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--init", str(other)), capsys, "holds a test_vit2 student")
+    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--init", str(done / "student.pt"), "--image-size", "64"),
+          capsys, "does not fit")
+    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--resume"), capsys, "nothing to resume")
+    fails(run_args(synth, tiny_teacher, done, "--resume", "--lr", "1e-3"), capsys, "--lr 0.0005 (now 0.001)")
+    fails(run_args(synth, tiny_teacher, done), capsys, "already holds a run")
+    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--batch-size", "64"), capsys, "larger than the 24")
+    assert not (tmp_path / "x").exists()
+    assert {p.name: p.read_bytes() for p in done.iterdir()} == files  # nothing good overwritten
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_teacher, synth, tmp_path, monkeypatch, capsys):
+    out, calls = tmp_path / "run", []
+    l2 = distill.LOSSES["l2"]
+
+    def nan_at_5(*a):
+        calls.append(1)
+        return l2(*a) * (float("nan") if len(calls) == 5 else 1.0)
+    monkeypatch.setitem(distill.LOSSES, "l2", nan_at_5)
+    fails(run_args(synth, tiny_teacher, out, steps=10), capsys, "loss is nan at step 5")
+    last = torch.load(out / "last.pt", weights_only=False)
+    assert last["step"] == 3 and all(torch.isfinite(v).all() for v in last["model"].values())
+    assert not (out / "student.pt").exists()
+
+
+def test_benchmark_train_for_bench_py(tiny_teacher):
+    args = SimpleNamespace(teacher=tiny_teacher, students=["test_vit"], student=[], batch_size=4, warmup=0, runs=1,
+                           workers=0)
+    table, record = distill.benchmark_train(args, torch.device("cpu"))
+    assert "| cached (default) |" in table and "| --no-cache (teacher online) |" in table
+    assert record["student"] == "test_vit" and record["image_size"] == 64 and record["loader_img_per_s"] > 0
+    assert set(record["img_per_s"]) == {"student only (no teacher)", "cached (default)", "--no-cache (teacher online)"}
