@@ -26,7 +26,9 @@ and, with --eval-root / --holdout, eval_<dataset>.json / eval_holdout.json.
 """
 import dataclasses
 import functools
+import io
 import json
+import os
 import math
 import random
 import statistics
@@ -53,7 +55,8 @@ class Args:
     """Zero-shot distillation of a CLIP image encoder into a small student (l2 | contrastive | mix)."""
     # data
     data: str = field(default="data/synth/pets", metadata={
-        "help": "synth.py folder (labels from manifest.jsonl) or any image folder (no labels: --loss l2 only)"})
+        "help": "synth.py folder (labels from manifest.jsonl), any image folder (no labels: --loss l2 only), or "
+                "webdataset shards 'shards/{00000..00099}.tar' (stage 1: streamed, teacher online, --steps)"})
     dataset: Optional[str] = field(default=None, metadata={
         "help": "domains.py class set for the text embeddings and --eval-root (default: synth.json's dataset)"})
     views: int = field(default=8, metadata={"help": "K: augmented views per image in the teacher cache"})
@@ -338,6 +341,117 @@ def step_batches(plan, start, total, steps_per_epoch, batch_size, dist):
 
 
 # ----------------------------------------------------------------------------------------------
+# stage 1 data: webdataset shards (img2dataset's output for CC3M, CC12M, DataComp), streamed once
+
+def is_shards(data):
+    """--data names tar shards (a brace pattern, a .tar path, or a pipe: URL) rather than a folder."""
+    return data.startswith("pipe:") or ".tar" in data or "{" in data
+
+
+def expand_shards(pattern):
+    """'shards/{00000..00099}.tar' -> the list of shard URLs; local files must exist and be tar files."""
+    import tarfile
+    from braceexpand import braceexpand
+    urls = [u for part in pattern.split("::") for u in braceexpand(part)]  # "a.tar::b/{0..9}.tar" too
+    local = [u for u in urls if not u.startswith("pipe:")]
+    missing = [u for u in local if not os.path.isfile(u)]
+    require(not missing or len(missing) < len(local),
+            f"shard pattern {pattern} matches no file (first: {urls[0]})")
+    require(not missing, f"{len(missing)} of {len(urls)} shards of {pattern} do not exist "
+                         f"(first: {(missing or [''])[0]})")
+    for u in local:
+        require(tarfile.is_tarfile(u), f"shard {u} is not a tar file (webdataset shards are tar archives)")
+    return urls
+
+
+def load_shards(pattern):
+    """An ImageSet standing for a shard stream: paths are the shard URLs, no labels, no sizes."""
+    urls = expand_shards(pattern)
+    first = urls[0] if not urls[0].startswith("pipe:") else "pipe"
+    root = Path(os.path.dirname(first) or ".").resolve()
+    return ImageSet(root, urls, None, None, None, torch.zeros(0, 2), common.fingerprint(urls))
+
+
+def open_shard(url):
+    """A file object streaming one shard: a local path, or 'pipe:CMD' (e.g. pipe:curl -s URL)."""
+    import subprocess
+    if url.startswith("pipe:"):
+        proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE, bufsize=1 << 20)
+        return proc.stdout
+    return open(url, "rb")
+
+
+def iterate_shard(url):
+    """(key, {extension: bytes}) per sample: webdataset groups consecutive members by the key before the first dot."""
+    import tarfile
+    key, sample = None, {}
+    with open_shard(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = os.path.basename(member.name)
+            k, _, ext = base.partition(".")
+            k = os.path.join(os.path.dirname(member.name), k)
+            if k != key and sample:
+                yield key, sample
+                sample = {}
+            key = k
+            sample[ext.lower()] = tar.extractfile(member).read()
+    if sample:
+        yield key, sample
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Every sample of the shards exactly once per pass, split across torchrun ranks and loader workers.
+
+    Shards are dealt round-robin to the global worker ids rank * workers + worker, in an order shuffled per pass
+    from the seed (the same on every rank). Each worker streams its shards and yields ([crop at each of `sizes`],
+    key, (global worker id, samples it skipped so far)); a sample whose image does not decode is skipped and
+    counted. The crop of a sample is seeded by (seed, key, pass), so it does not depend on rank or worker. After a
+    pass a worker starts the next one, so a step-based run never runs dry; `skip` (worker -> samples) fast-forwards
+    a resumed run past what its batches already consumed, and `first_worker` makes the loader's worker 0 play the
+    worker whose batch comes next (a DataLoader always starts at its worker 0). `passes` limits the stream.
+    """
+
+    def __init__(self, urls, sizes, mean, std, seed, scale, rank=0, world_size=1, skip=None, first_worker=0,
+                 passes=None):
+        self.urls, self.sizes, self.mean, self.std, self.seed, self.scale = urls, sizes, mean, std, seed, scale
+        self.rank, self.world_size, self.skip, self.passes = rank, world_size, skip or {}, passes
+        self.first_worker = first_worker
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        worker = (worker + self.first_worker) % workers
+        gid, total = self.rank * workers + worker, self.world_size * workers
+        skip, skipped, epoch = self.skip.get(worker, 0), 0, 0
+        while self.passes is None or epoch < self.passes:
+            order = torch.randperm(len(self.urls), generator=generator("shards", self.seed, epoch)).tolist()
+            mine = [self.urls[i] for i in order][gid::total]
+            if not mine:
+                raise RuntimeError(f"no shard for loader worker {gid} of {total}: use at least as many shards as "
+                                   f"ranks x --workers")
+            for url in mine:
+                for key, sample in iterate_shard(url):
+                    raw = next((sample[e] for e in ("jpg", "jpeg", "png", "webp") if e in sample), None)
+                    try:
+                        with Image.open(io.BytesIO(raw)) as im:
+                            image = im.convert("RGB")
+                    except Exception:  # no image, truncated, not an image: skip it, count it
+                        skipped += 1
+                        continue
+                    if skip > 0:
+                        skip -= 1
+                        continue
+                    box, flip = draw_views(torch.tensor([image.size]), 1, generator("stream", self.seed, key, epoch),
+                                           self.scale)
+                    crops = [make_crop(image, box[0, 0].tolist(), bool(flip[0, 0]), s, self.mean, self.std)
+                             for s in self.sizes]
+                    yield crops, key, torch.tensor([gid, skipped])
+            epoch += 1
+
+
+# ----------------------------------------------------------------------------------------------
 # training helpers
 
 def gather_batch(x, dist):
@@ -514,8 +628,16 @@ def main(argv=None):
             f"--batch-size {args.batch_size} must split evenly across {dist.world_size} ranks")
 
     # derived values and every check that can fail, before anything is written
-    images = load_images(args.data)
-    args.data = str(images.root)
+    shards = is_shards(args.data)  # stage 1: stream real image-text shards once, teacher online
+    images = load_shards(args.data) if shards else load_images(args.data)
+    if shards:
+        require(args.loss == "l2", f"--loss {args.loss} on shards: stage 1 uses the L2 loss (captions are unused)")
+        require(args.steps > 0, "shards are streamed: give the length of the run as --steps N (one pass: "
+                                "samples / --batch-size)")
+        require(args.holdout == 0, "--holdout needs a synth.py folder, not shards")
+        args.cache = False  # one pass gains nothing from a cache
+    else:
+        args.data = str(images.root)
     args.init = str(Path(args.init).expanduser().resolve()) if args.init else None
     dataset = args.dataset or images.dataset
     out = Path(args.out or f"runs/{images.root.name}_{args.loss}_{args.student}").expanduser().resolve()
@@ -525,14 +647,15 @@ def main(argv=None):
     require(args.holdout == 0 or images.labels is not None, "--holdout needs a synth.py folder (labels)")
     require(args.eval_root is None or dataset, "--eval-root needs --dataset NAME (the real test split to use)")
     require(args.eval_root is None or Path(args.eval_root).is_dir(), f"--eval-root {args.eval_root} is no folder")
-    n = len(images.paths)
+    n = len(images.paths) if not shards else 0
     perm = torch.randperm(n, generator=generator("holdout", args.seed))
     n_hold = round(args.holdout * n)
     require(args.holdout == 0 or 0 < n_hold < n, f"--holdout {args.holdout} of {n} images leaves no image out or in")
     holdout, train_idx = perm[:n_hold].sort().values.tolist(), perm[n_hold:].sort().values
-    require(len(train_idx) >= args.batch_size, f"--batch-size {args.batch_size} is larger than the "
-                                               f"{len(train_idx)} training images: lower it")
-    steps_per_epoch = len(train_idx) // args.batch_size  # the last partial batch of an epoch is dropped
+    require(shards or len(train_idx) >= args.batch_size, f"--batch-size {args.batch_size} is larger than the "
+                                                         f"{len(train_idx)} training images: lower it")
+    # the last partial batch of an epoch is dropped; a stream has no epochs (log lines say epoch 1)
+    steps_per_epoch = len(train_idx) // args.batch_size if not shards else args.steps
     total = args.steps or args.epochs * steps_per_epoch
     state = None
     if args.resume:
@@ -598,10 +721,21 @@ def main(argv=None):
     sizes = [size] if args.cache or size == teacher.image_size else [size, teacher.image_size]
     plan = functools.partial(plan_epoch, seed=args.seed, train_idx=train_idx, cache=cache, sizes=images.sizes,
                              scale=args.crop_scale)
-    loader = torch.utils.data.DataLoader(
-        Views(images, sizes, teacher.mean, teacher.std), num_workers=args.workers, pin_memory=device.type == "cuda",
-        batch_sampler=step_batches(plan, start, total, steps_per_epoch, args.batch_size, dist),
-        generator=generator("loader", args.seed))  # its worker seeds do not draw from the global stream
+    if shards:
+        # batch b of this rank comes from loader worker b % W (in order), so a resumed run fast-forwards each
+        # worker past the samples of the batches it already delivered
+        local, W = args.batch_size // dist.world_size, max(1, args.workers)
+        stream = ShardStream(images.paths, sizes, teacher.mean, teacher.std, args.seed, args.crop_scale, dist.rank,
+                             dist.world_size, skip={w: len(range(w, start, W)) * local for w in range(W)},
+                             first_worker=start % W)
+        loader = torch.utils.data.DataLoader(stream, batch_size=local, num_workers=args.workers,
+                                             pin_memory=device.type == "cuda", generator=generator("loader", args.seed))
+        loader = (batch for _, batch in zip(range(start, total), loader))  # exactly the remaining steps
+    else:
+        loader = torch.utils.data.DataLoader(
+            Views(images, sizes, teacher.mean, teacher.std), num_workers=args.workers,
+            pin_memory=device.type == "cuda", generator=generator("loader", args.seed),  # not the global stream
+            batch_sampler=step_batches(plan, start, total, steps_per_epoch, args.batch_size, dist))
     if dist.is_main and args.resume:  # forget log lines of steps that the resumed run will redo
         kept = [ln for ln in (out / "log.jsonl").read_text().splitlines() if json.loads(ln)["step"] <= start] \
             if (out / "log.jsonl").is_file() else []
@@ -618,11 +752,15 @@ def main(argv=None):
     loss_fn = LOSSES[args.loss]
     last_saved, last_log, loss_sum, t_log, step = start, start, 0.0, time.time(), start
     width = max(5, len(str(total)))
+    skipped = {}  # shards: loader worker -> undecodable samples it skipped
     for step, (crops, idx, view) in enumerate(loader, start=start + 1):  # step = steps done after this one
+        if shards:  # idx: sample keys; view: (b, 2) of (worker, skipped so far)
+            skipped.update({g: max(c, skipped.get(g, 0)) for g, c in view.tolist()})
         lr = lr_at(step - 1, args, total)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images_dev, idx = crops[0].to(device, non_blocking=True), idx.to(device)  # (b, 3, S, S), (b,)
+        images_dev = crops[0].to(device, non_blocking=True)  # (b, 3, S, S)
+        idx = idx.to(device) if not shards else None  # (b,) image indices
         if cache_emb is not None:
             t_emb = cache_emb[idx, view.to(device)].float()  # (b, D): no teacher forward
         else:
@@ -660,6 +798,15 @@ def main(argv=None):
             last_saved = step
 
     # the end: last.pt, the self-contained student.pt, evaluation
+    if shards:
+        bad = torch.tensor([sum(skipped.values())])
+        if dist.enabled:
+            torch.distributed.all_reduce(bad)
+        if dist.is_main:
+            print(f"stream: {(step - start) * args.batch_size} samples in {step - start} steps; skipped "
+                  f"{int(bad)} undecodable samples")
+            common.save_json({"samples": (step - start) * args.batch_size, "skipped": int(bad), "steps": step,
+                              "shards": len(images.paths)}, out / "stream.json")
     if dist.enabled:
         torch.distributed.barrier()
     if dist.is_main:
