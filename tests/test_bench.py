@@ -57,3 +57,10 @@ def test_models_timing_runs_tiny(tiny_teacher, capsys):
     teacher = next(r for r in record if r["model"].startswith("teacher"))
     assert student["fewer_params_pct"] == pytest.approx(100 * (1 - student["params"] / teacher["params"]))
     assert teacher["speedup"] == 1.0
+
+
+def test_synth_timing_runs_tiny(capsys):
+    record = bench.main(["synth", "--quick", "--warmup", "0", "--runs", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "| bare pipeline loop | 74 |" in out and "synth.py (prompts, saving, manifest)" in out
+    assert record["bare_images_per_s"] > 0 and record["synth_images_per_s"] > 0

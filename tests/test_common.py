@@ -69,3 +69,26 @@ def test_teacher_and_student_errors(tiny_teacher, tmp_path):
     assert meta["image_size"] == 32 and meta["teacher"] == t.ident
     for k, v in s.state_dict().items():
         assert (loaded.state_dict()[k] == v).all()
+
+
+def test_teacher_from_builtin_name_and_weights_file(tiny_teacher, tmp_path):
+    """The third way to name a teacher: an open_clip architecture name + a local weights file."""
+    import json
+
+    import open_clip
+    import torch
+    folder = tiny_teacher[len("local-dir:"):]
+    cfg = json.loads(open(f"{folder}/open_clip_config.json").read())["model_cfg"]
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "zsd-tiny-test.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "cfgs")  # registers the architecture under a built-in name
+    weights = tmp_path / "tiny.bin"
+    weights.write_bytes(open(f"{folder}/open_clip_pytorch_model.bin", "rb").read())
+    t = common.load_teacher("zsd-tiny-test", str(weights))
+    ref = common.load_teacher(tiny_teacher, None)
+    assert t.pretrained == str(weights.resolve()) and t.ident["model"] == "zsd-tiny-test"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(t.model.encode_image(x), ref.model.encode_image(x))
+    with pytest.raises(common.UserError, match="unknown pretrained tag"):
+        common.load_teacher("zsd-tiny-test", str(tmp_path / "missing.bin"))
