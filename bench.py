@@ -420,7 +420,7 @@ def plot(rows, path):
         if row["real"] and row["params_m"]:
             y = sum(v["paper"] for v in row["real"].values()) / len(row["real"])
             ax.scatter(row["params_m"], y, marker="o", s=50)
-            ax.annotate(f"{key} ({len(row['real'])} sets)", (row["params_m"], y), fontsize=7,
+            ax.annotate(f"{key} ({len(row['real'])} dataset{'s' if len(row['real']) > 1 else ''})", (row["params_m"], y), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
     student_params = 10.55  # PAPER.md: "TinyViT-class"; plotted at TinyViT-11M's size (an assumption)
     for name, ref in PAPER_ROWS.items():
@@ -430,6 +430,8 @@ def plot(rows, path):
         ax.annotate(name.replace("paper: ", "paper "), (x, y), fontsize=7, color="gray", xytext=(4, -10),
                     textcoords="offset points")
     ax.set_xscale("log")
+    xs = [r["params_m"] for r in rows.values() if r["params_m"]] + [v["params_m"] or 10.55 for v in PAPER_ROWS.values()]
+    ax.set_xlim(min(xs) / 2, max(xs) * 8)  # room for the labels right of the points
     ax.set_xlabel("image-encoder parameters (millions, log scale)")
     ax.set_ylabel("mean zero-shot accuracy, % (paper's metric)")
     ax.set_title("Zero-shot accuracy vs image-encoder size (o: ours, x: paper)")
