@@ -281,6 +281,7 @@ def bench_synth(args, device):
         import kit_diffusers
         spec = str(kit_diffusers.make_tiny_pipeline(tmp / "tiny_sd"))
     name, source = synth.resolve_generator(spec)
+    name = name if args.generator is not None else "tiny test pipeline"
     preset = synth.PRESETS.get(spec, {})
     steps = preset.get("steps", 2 if args.generator is None else 25)
     guidance = preset.get("guidance", 0.5)
