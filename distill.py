@@ -694,9 +694,11 @@ def main(argv=None):
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         common.save_json(dataclasses.asdict(args), out / "args.json")
+        data = (f"{len(images.paths)} shards, streamed" if shards else
+                f"{n} images ({len(train_idx)} train, {n_hold} held out)")
         print(f"distill | {args.loss} | teacher {teacher.name} ({teacher.pretrained}) -> student {args.student} "
-              f"{size}px, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | {n} images "
-              f"({len(train_idx)} train, {n_hold} held out) | {total} steps of {args.batch_size} | device {device} "
+              f"{size}px, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | {data} | "
+              f"{total} steps of {args.batch_size} | device {device} "
               f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'} | world {dist.world_size}")
 
     # the teacher cache (image and class-prompt embeddings): built once per folder and teacher, reused by every run
