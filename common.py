@@ -328,17 +328,22 @@ def _resolve_teacher_source(name, pretrained):
     return name, pretrained
 
 
+def in_hub_cache(repo, *filenames):
+    """Is any of these files of a Hugging Face repo already in the local cache (no network)?"""
+    from huggingface_hub import try_to_load_from_cache
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in filenames)
+
+
 def _pretrained_in_cache(cfg):
     """Is the file behind an open_clip pretrained config already in the Hugging Face cache?"""
     hub = cfg.get("hf_hub", "")
     if not hub:
         return False
-    from huggingface_hub import try_to_load_from_cache
     repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
     candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
     if filename.endswith(".bin"):
         candidates.insert(0, filename[:-4] + ".safetensors")
-    return any(isinstance(try_to_load_from_cache(repo, c), str) for c in candidates)
+    return in_hub_cache(repo, *candidates)
 
 
 def load_teacher(name="ViT-B-32", pretrained="datacomp_xl_s13b_b90k", device="cpu"):

@@ -514,8 +514,7 @@ def evaluate_run(out, dataset, images, holdout, teacher, args, device):
     for filename, eval_set, kw in evaluations:
         result = zeroshot.evaluate(str(out / "student.pt"), eval_set, teacher=teacher, device=device,
                                    workers=args.workers, progress=False, **kw)
-        result["metrics"] = {k: (None if v != v else v) for k, v in result["metrics"].items()}  # NaN -> null
-        common.save_json(result, out / filename)
+        zeroshot.save_result(result, out / filename)
         print(f"{filename[5:-5]} | n {result['n']} | acc1 {100 * result['metrics']['acc1']:.2f} | "
               f"mean per-class recall {100 * result['metrics']['mean_per_class_recall']:.2f} | {out / filename}")
 

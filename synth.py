@@ -182,8 +182,7 @@ def load_llm(llm_id, device):
     """Tokenizer and causal LM from a hub id or a local folder; offline misses fail in seconds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if not os.path.isdir(llm_id) and common.hub_offline():
-        from huggingface_hub import try_to_load_from_cache
-        require(isinstance(try_to_load_from_cache(llm_id, "config.json"), str),
+        require(common.in_hub_cache(llm_id, "config.json"),
                 f"LLM {llm_id} is not in the local Hugging Face cache and the hub cannot be reached (offline): "
                 f"download it once with internet, or pass --llm /path/to/a/local/model/folder")
     import transformers
@@ -282,9 +281,8 @@ def resolve_generator(spec, check_cache=True):
         raise UserError(f"unknown generator '{spec}': use a preset ({', '.join(PRESETS)}), a hub id ORG/NAME or a "
                         f"local diffusers pipeline folder")
     if check_cache and common.hub_offline():
-        from huggingface_hub import try_to_load_from_cache
         for repo, file in ((source["model"], "model_index.json"), (source["lora"], "pytorch_lora_weights.safetensors")):
-            if repo and not isinstance(try_to_load_from_cache(repo, file), str):
+            if repo and not common.in_hub_cache(repo, file):
                 raise UserError(f"generator {spec}: {repo} is not in the local Hugging Face cache and the hub cannot "
                                 f"be reached (offline). Run once with internet, or `hf download {repo} --local-dir "
                                 f"DIR` elsewhere and pass --generator DIR")

@@ -394,6 +394,12 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
             "images_per_s": round(len(labels) / max(seconds, 1e-9), 2)}
 
 
+def save_result(result, path):
+    """Write a result dict as JSON, atomically; NaN metrics (acc5 with < 5 classes) become null."""
+    clean = {**result, "metrics": {k: (None if v != v else v) for k, v in result["metrics"].items()}}
+    common.save_json(clean, path)
+
+
 @common.entrypoint
 def main(argv=None):
     args = common.parse_args(Args, argv)
@@ -412,9 +418,8 @@ def main(argv=None):
     result = evaluate(zs, args.dataset, data_root=args.data_root, split=args.split, templates=args.templates,
                       batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
                       download=args.download, limit=args.limit)
+    save_result(result, out)
     m = result["metrics"]
-    clean = {**result, "metrics": {k: (None if v != v else v) for k, v in m.items()}}  # NaN -> null (JSON)
-    common.save_json(clean, out)
     print(f"{result['dataset']} | {zs.name} | n {result['n']} | acc1 {100 * m['acc1']:.2f} | "
           f"acc5 {100 * m['acc5']:.2f} | mean per-class recall {100 * m['mean_per_class_recall']:.2f} | "
           f"{result['images_per_s']:.1f} img/s | {out}")
