@@ -29,6 +29,7 @@ from typing import List, Optional
 import torch
 
 import common
+import models
 import domains
 from common import require
 
@@ -142,7 +143,7 @@ def build_encoders(args, embed_dim=512):
     teacher = open_clip.create_model(args.teacher, pretrained=None, force_image_size=args.image_size)
     encoders = {f"teacher {args.teacher} (image tower)": teacher.visual}
     for name in list(args.students) + list(args.student):
-        encoders[name] = common.build_student(name, embed_dim, image_size=args.image_size)
+        encoders[name] = models.build_student(name, embed_dim, image_size=args.image_size)
     return encoders
 
 
@@ -216,7 +217,7 @@ def bench_zeroshot(args, device):
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
     torch.save(open_clip.create_model(args.teacher).state_dict(), folder / "open_clip_pytorch_model.bin")
     spec = "local-dir:" + str(folder)
-    teacher = common.load_teacher(spec, None, device=device)
+    teacher = models.load_teacher(spec, None, device=device)
     amp = device.type == "cuda"
     results = {}
     for impl in ("clip_benchmark", "zeroshot.py"):

@@ -46,6 +46,7 @@ from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
 import common
+import models
 import zeroshot
 from common import UserError, require
 
@@ -99,7 +100,6 @@ class Args:
 ESSENTIAL = ("data", "dataset", "views", "cache", "cache_seed", "crop_scale", "image_size", "holdout", "teacher",
              "teacher_pretrained", "student", "student_pretrained", "init", "loss", "alpha", "temperature",
              "batch_size", "lr", "schedule", "warmup", "seed")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CACHE_VERSION = 1
 
 
@@ -158,10 +158,9 @@ def load_images(data):
         items, classnames, info = common.load_manifest(root)
         paths, labels, dataset = [p for p, _ in items], torch.tensor([y for _, y in items]), info.get("dataset")
     else:
-        paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                       if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-                       and not any(q.startswith(".") or q == "cache" for q in p.relative_to(root).parts[:-1]))
-    require(paths, f"--data {root} holds no images ({', '.join(IMAGE_EXTS)} files or a synth.py manifest.jsonl)")
+        paths = common.list_images(root)
+    require(paths, f"--data {root} holds no images ({', '.join(common.IMAGE_EXTS)} files or a synth.py "
+                   f"manifest.jsonl)")
     sizes, nbytes = [], []
     for p in paths:
         try:
@@ -551,7 +550,7 @@ def benchmark_train(args, device):
             small = TF.to_pil_image(torch.rand(3, 16, 16, generator=gen))
             small.resize((512, 512), Image.BICUBIC).save(Path(tmp) / f"{i:05d}.png")
         images = load_images(tmp)
-        teacher = common.load_teacher(args.teacher, None, device=device)  # random weights do for timing
+        teacher = models.load_teacher(args.teacher, None, device=device)  # random weights do for timing
         run = Args(views=1, batch_size=B, workers=args.workers)
         t0 = time.time()
         cache = build_cache(Path(tmp) / "cache" / "bench.pt", {}, images, teacher, run, common.Dist(device=device),
@@ -566,7 +565,7 @@ def benchmark_train(args, device):
         (crops,), idx, view = next(batches)  # the loader's start-up is not timed
         t0 = time.time()
         loader_rate = sum(len(b[1]) for b in batches) / (time.time() - t0)
-    student = common.build_student(name, teacher.embed_dim, image_size=teacher.image_size).to(device).train()
+    student = models.build_student(name, teacher.embed_dim, image_size=teacher.image_size).to(device).train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
     x, idx, view, cache_emb = crops.to(device), idx.to(device), view.to(device), cache["emb"].to(device)
     constant = torch.randn(B, teacher.embed_dim, device=device)
@@ -674,11 +673,11 @@ def main(argv=None):
                 f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     require(state is None or args.schedule != "cosine" or state["total"] == total,
             f"--resume: the cosine schedule was set for {state and state['total']} steps; keep --steps/--epochs")
-    teacher = common.load_teacher(args.teacher, args.teacher_pretrained, device=device)
+    teacher = models.load_teacher(args.teacher, args.teacher_pretrained, device=device)
     teacher.model.eval().requires_grad_(False)  # frozen: only ever run under no_grad
     size = args.image_size or teacher.image_size
     common.seed_everything(args.seed)
-    model = common.build_student(args.student, teacher.embed_dim, image_size=size,
+    model = models.build_student(args.student, teacher.embed_dim, image_size=size,
                                  pretrained=args.student_pretrained)
     if args.init:
         load_init(model, args.init)
@@ -812,7 +811,7 @@ def main(argv=None):
         torch.distributed.barrier()
     if dist.is_main:
         common.save_torch(checkpoint(step), out / "last.pt")
-        common.save_torch(common.student_checkpoint(
+        common.save_torch(models.student_checkpoint(
             model, teacher, classnames=classnames, templates=templates, dataset=dataset, class_text_emb=class_text_emb,
             extra={"args": dataclasses.asdict(args), "step": step}), out / "student.pt")
         print(f"wrote {out / 'student.pt'} (step {step})")

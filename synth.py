@@ -34,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import common
+import models
 import domains
 from common import UserError, require
 
@@ -181,8 +182,8 @@ def parse_word(text):
 def load_llm(llm_id, device):
     """Tokenizer and causal LM from a hub id or a local folder; offline misses fail in seconds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    if not os.path.isdir(llm_id) and common.hub_offline():
-        require(common.in_hub_cache(llm_id, "config.json"),
+    if not os.path.isdir(llm_id) and models.hub_offline():
+        require(models.in_hub_cache(llm_id, "config.json"),
                 f"LLM {llm_id} is not in the local Hugging Face cache and the hub cannot be reached (offline): "
                 f"download it once with internet, or pass --llm /path/to/a/local/model/folder")
     import transformers
@@ -280,9 +281,9 @@ def resolve_generator(spec, check_cache=True):
     else:
         raise UserError(f"unknown generator '{spec}': use a preset ({', '.join(PRESETS)}), a hub id ORG/NAME or a "
                         f"local diffusers pipeline folder")
-    if check_cache and common.hub_offline():
+    if check_cache and models.hub_offline():
         for repo, file in ((source["model"], "model_index.json"), (source["lora"], "pytorch_lora_weights.safetensors")):
-            if repo and not common.in_hub_cache(repo, file):
+            if repo and not models.in_hub_cache(repo, file):
                 raise UserError(f"generator {spec}: {repo} is not in the local Hugging Face cache and the hub cannot "
                                 f"be reached (offline). Run once with internet, or `hf download {repo} --local-dir "
                                 f"DIR` elsewhere and pass --generator DIR")

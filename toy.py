@@ -15,7 +15,7 @@ Commands:
   python toy.py --quick --out /tmp/toy   # smoke run, well under a minute
   python toy.py --cues none strong --seeds 5 --steps 400   # any subset, more seeds, longer training
 
-Writes OUT/teacher (an open_clip folder: load it with common.load_teacher('local-dir:OUT/teacher')),
+Writes OUT/teacher (an open_clip folder: load it with models.load_teacher('local-dir:OUT/teacher')),
 OUT/data/{synth_<cue>,real,randcue_<cue>} (synth.py's folder format), OUT/runs/<cue>/<loss>/seed<s> (distill.py
 runs, each with toy_eval.json), OUT/results.json, OUT/table.md and OUT/toy.png. A rerun reuses every piece
 made with the same settings and refuses to overwrite one made with other settings.
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import common
+import models
 from common import require
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "crescent")
@@ -208,7 +209,7 @@ def teacher_config(args):
                                          "timm_pool": "avg", "timm_proj": "linear", "image_size": args.image_size},
                           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2,
                                        "layers": 2}},
-            "preprocess_cfg": {"mean": list(common.OPENAI_CLIP_MEAN), "std": list(common.OPENAI_CLIP_STD)}}
+            "preprocess_cfg": {"mean": list(models.OPENAI_CLIP_MEAN), "std": list(models.OPENAI_CLIP_STD)}}
 
 
 def to_tensor(images, cfg):
@@ -534,7 +535,7 @@ def main(argv=None):
         common.save_json({"settings": teacher_settings}, tmp / "toy.json")
         os.replace(tmp, teacher_dir)
         print(f"teacher | trained in {time.time() - t0:.0f}s | {teacher_dir}", flush=True)
-    teacher = common.load_teacher(f"local-dir:{teacher_dir}", None, device="cpu")
+    teacher = models.load_teacher(f"local-dir:{teacher_dir}", None, device="cpu")
     teacher_results = {cue: evaluate_teacher(folders, cue, teacher) for cue in args.cues}
     t = teacher_results[args.cues[0]]
     print(f"teacher | zero-shot shape accuracy on real images {100 * t['real']:.1f}% (chance "

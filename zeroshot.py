@@ -32,12 +32,12 @@ from PIL import Image
 from tqdm import tqdm
 
 import common
+import models
 import domains
 from common import UserError, require
 
 TEMPLATE_SETS = {"paper": domains.PAPER_TEMPLATES, "clip_benchmark": domains.CLIP_BENCHMARK_TEMPLATES}
 GENERIC_TEMPLATES = ["a photo of a {c}."]  # for folders that name no known dataset
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -86,7 +86,7 @@ def resolve_classes(dataset, templates="paper"):
         if name in domains.DATASETS:
             return classnames, list(TEMPLATE_SETS[templates][name])
         return classnames, list(info.get("templates") or GENERIC_TEMPLATES)
-    return [c.replace("_", " ") for c in _class_folders(folder)], list(GENERIC_TEMPLATES)
+    return [c.replace("_", " ") for c in common.class_folders(folder)], list(GENERIC_TEMPLATES)
 
 
 def _check_folder(dataset):
@@ -95,10 +95,6 @@ def _check_folder(dataset):
         raise UserError(f"unknown dataset '{dataset}': use one of {', '.join(domains.DATASETS)} or an image folder")
     require(folder.is_dir(), f"{folder} is a file, not a dataset folder (class_name/*.jpg or a synth.py folder)")
     return folder
-
-
-def _class_folders(folder):
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "cache")
 
 
 _CLASSIFIERS = {}  # in-process cache: key -> (C, D) tensor
@@ -146,7 +142,7 @@ class ZeroShotModel:
     transform: object         # PIL image -> (3, H, W) tensor
     name: str                 # short name for results files
     student_ckpt: Optional[dict] = None
-    teacher: Optional[common.Teacher] = None
+    teacher: Optional[models.Teacher] = None
 
     def info(self):
         """What the results table needs to know about the model: kind, architecture, size, training."""
@@ -173,7 +169,7 @@ class ZeroShotModel:
             else:
                 t = ck["teacher"]
                 try:
-                    self.teacher = common.load_teacher(t["model"], t["pretrained"], device=device)
+                    self.teacher = models.load_teacher(t["model"], t["pretrained"], device=device)
                 except UserError as e:
                     raise UserError(f"the student has no text embeddings for these classes/templates and its "
                                     f"teacher cannot be loaded: {e}") from None
@@ -183,11 +179,11 @@ class ZeroShotModel:
 def load_model(spec, pretrained=None, device="cpu"):
     """A ZeroShotModel from an open_clip name, local-dir:PATH, or a distill.py student.pt."""
     if spec.endswith((".pt", ".pth", ".ckpt")) or (os.path.isfile(spec) and not spec.startswith("local-dir:")):
-        student, ckpt = common.load_student(spec, device=device)
+        student, ckpt = models.load_student(spec, device=device)
         name = Path(spec).parent.name if Path(spec).name in ("student.pt", "last.pt") else Path(spec).stem
         return ZeroShotModel(encoder=student, name=name or "student", student_ckpt=ckpt,
-                             transform=common.eval_transform(ckpt["image_size"], ckpt["mean"], ckpt["std"]))
-    teacher = common.load_teacher(spec, pretrained, device=device)
+                             transform=models.eval_transform(ckpt["image_size"], ckpt["mean"], ckpt["std"]))
+    teacher = models.load_teacher(spec, pretrained, device=device)
     if spec.startswith("local-dir:"):
         name = Path(teacher.name[len("local-dir:"):]).name
     else:
@@ -250,9 +246,9 @@ def build_dataset(dataset, data_root, split, transform, download=False, subset=N
                 items = [it for it in items if it[0] in keep]
             samples = [(str(folder / p), y) for p, y in items]
         else:
-            classes = _class_folders(folder)
-            samples = [(str(p), y) for y, c in enumerate(classes) for p in sorted((folder / c).rglob("*"))
-                       if p.suffix.lower() in IMAGE_EXTS]
+            classes = common.class_folders(folder)
+            samples = [(str(folder / c / p), y) for y, c in enumerate(classes)
+                       for p in common.list_images(folder / c)]
         require(samples, f"{folder} holds no images (expected class_name/*.jpg folders or a synth.py manifest)")
         return FileList(samples, transform)
     import torchvision.datasets as tvd
@@ -360,7 +356,7 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
 
     model: open_clip name, local-dir:PATH or student.pt path (or a ZeroShotModel); dataset: a
     domains.py name or a folder; subset: relative paths of a synth.py folder to keep; teacher: a
-    loaded common.Teacher to encode prompts with (saves reloading it).
+    loaded models.Teacher to encode prompts with (saves reloading it).
     """
     device = torch.device(device) if not isinstance(device, torch.device) else device
     zs = model if isinstance(model, ZeroShotModel) else load_model(model, pretrained, device)

@@ -6,9 +6,12 @@ then loaded by the project's own loading code. No network, no downloaded weights
   make_fake_dataset(name, root)   a few small JPEGs in the on-disk layout torchvision expects for
                                   pets, flowers, cars, food101, dtd, fgvc_aircraft
   make_image_folder(dir, ...)     class_name/*.jpg
+  add_to_hub_cache(cache, repo, dir)  a folder's files as a Hugging Face hub cache entry for `repo`
+  exits_with_one_line(main, argv, capsys, expect)  the check every bad-input test makes
 """
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +183,24 @@ def make_synth_folder(folder, dataset=None, classnames=("circle", "square", "tri
     save_json({"dataset": dataset, "classnames": list(classnames), "generator": "kit-random",
                "per_class": per_class}, folder / "synth.json")
     return folder
+
+
+def add_to_hub_cache(cache, repo, folder, revision="0" * 40):
+    """Lay out `folder`'s files as the snapshot of `repo` in a Hugging Face hub cache (HF_HUB_CACHE), the layout
+    huggingface_hub reads offline: models--ORG--NAME/refs/main -> snapshots/<revision>/<files>."""
+    entry = Path(cache) / ("models--" + repo.replace("/", "--"))
+    (entry / "refs").mkdir(parents=True, exist_ok=True)
+    (entry / "refs" / "main").write_text(revision)
+    shutil.copytree(folder, entry / "snapshots" / revision, dirs_exist_ok=True)
+    return entry / "snapshots" / revision
+
+
+def exits_with_one_line(main, argv, capsys, expect):
+    """main(argv) exits with code 2 and prints exactly one line, `error: ...` containing `expect`, on stderr."""
+    import pytest
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
+    return err[0]

@@ -5,6 +5,7 @@ from typing import List, Optional
 import pytest
 
 import common
+import models
 
 
 @dataclasses.dataclass
@@ -55,17 +56,17 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
 
 
 def test_teacher_and_student_errors(tiny_teacher, tmp_path):
-    t = common.load_teacher(tiny_teacher, None)
+    t = models.load_teacher(tiny_teacher, None)
     assert (t.image_size, t.embed_dim) == (64, 32)
     assert not any(p.requires_grad for p in t.model.parameters()) and not t.model.training
     with pytest.raises(common.UserError, match="unknown timm model"):
-        common.build_student("no_such_net", 32)
+        models.build_student("no_such_net", 32)
     with pytest.raises(common.UserError, match="does not exist"):
-        common.load_student(tmp_path / "missing.pt")
-    s = common.build_student("test_vit", 32, image_size=32)
-    ckpt = common.student_checkpoint(s, t, classnames=["a"], templates=["{c}"], dataset=None)
+        models.load_student(tmp_path / "missing.pt")
+    s = models.build_student("test_vit", 32, image_size=32)
+    ckpt = models.student_checkpoint(s, t, classnames=["a"], templates=["{c}"], dataset=None)
     common.save_torch(ckpt, tmp_path / "s.pt")
-    loaded, meta = common.load_student(tmp_path / "s.pt")
+    loaded, meta = models.load_student(tmp_path / "s.pt")
     assert meta["image_size"] == 32 and meta["teacher"] == t.ident
     for k, v in s.state_dict().items():
         assert (loaded.state_dict()[k] == v).all()
@@ -84,11 +85,11 @@ def test_teacher_from_builtin_name_and_weights_file(tiny_teacher, tmp_path):
     open_clip.add_model_config(tmp_path / "cfgs")  # registers the architecture under a built-in name
     weights = tmp_path / "tiny.bin"
     weights.write_bytes(open(f"{folder}/open_clip_pytorch_model.bin", "rb").read())
-    t = common.load_teacher("zsd-tiny-test", str(weights))
-    ref = common.load_teacher(tiny_teacher, None)
+    t = models.load_teacher("zsd-tiny-test", str(weights))
+    ref = models.load_teacher(tiny_teacher, None)
     assert t.pretrained == str(weights.resolve()) and t.ident["model"] == "zsd-tiny-test"
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(t.model.encode_image(x), ref.model.encode_image(x))
     with pytest.raises(common.UserError, match="unknown pretrained tag"):
-        common.load_teacher("zsd-tiny-test", str(tmp_path / "missing.bin"))
+        models.load_teacher("zsd-tiny-test", str(tmp_path / "missing.bin"))

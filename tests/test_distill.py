@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import common
+import models
 import distill
 import kit
 import zeroshot
@@ -90,8 +91,8 @@ def test_lr_schedules():
 
 
 def test_gradient_flows_only_into_the_student(tiny_teacher):
-    teacher = common.load_teacher(tiny_teacher, None)
-    student = common.build_student("test_vit", teacher.embed_dim, image_size=64)
+    teacher = models.load_teacher(tiny_teacher, None)
+    student = models.build_student("test_vit", teacher.embed_dim, image_size=64)
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         t_emb = teacher.model.encode_image(x)  # as distill.py runs the teacher (or reads the cache)
@@ -120,7 +121,7 @@ def test_cache_is_exact_reused_and_rebuilt(tiny_teacher, synth, tmp_path, monkey
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= 40).all() and (left + w <= 48).all()
     assert not torch.equal(cache["boxes"][:, 0], cache["boxes"][:, 1])
     # exact: the teacher's embedding of the rebuilt crop equals the cached one (fp16 storage)
-    teacher = common.load_teacher(tiny_teacher, None)
+    teacher = models.load_teacher(tiny_teacher, None)
     images = distill.load_images(synth)
     views = distill.Views(images, [64], teacher.mean, teacher.std)
     pairs = [(0, 0), (5, 1), (13, 0), (23, 1)]
@@ -168,7 +169,7 @@ def test_tiny_run_learns_and_zeroshot_evaluates(tiny_teacher, synth, tmp_path):
     assert time.time() - t0 < 60
     losses = [r["loss"] for r in log_steps(out)]
     assert len(losses) == 10 and losses[-1] <= 0.5 * losses[0], losses
-    teacher = common.load_teacher(tiny_teacher, None)
+    teacher = models.load_teacher(tiny_teacher, None)
     ckpt = torch.load(out / "student.pt", weights_only=False)
     assert ckpt["classnames"] == ["circle", "square", "triangle"] and ckpt["step"] == 200
     expected = zeroshot.build_classifier(teacher, ckpt["classnames"], ckpt["templates"])
@@ -267,7 +268,7 @@ def test_torchrun_two_processes_match_one(tiny_teacher, synth, tmp_path):
 
 def weights_at_init(tiny_teacher):
     common.seed_everything(0)
-    return common.build_student("test_vit", common.load_teacher(tiny_teacher, None).embed_dim,
+    return models.build_student("test_vit", models.load_teacher(tiny_teacher, None).embed_dim,
                                 image_size=32).state_dict()
 
 
@@ -275,10 +276,7 @@ def weights_at_init(tiny_teacher):
 # bad input: one line, exit 2, nothing good overwritten
 
 def fails(argv, capsys, expect):
-    with pytest.raises(SystemExit) as e:
-        distill.main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
+    kit.exits_with_one_line(distill.main, argv, capsys, expect)
 
 
 def test_bad_inputs(tiny_teacher, synth, tmp_path, capsys):
@@ -293,8 +291,8 @@ def test_bad_inputs(tiny_teacher, synth, tmp_path, capsys):
     fails(run_args(empty, tiny_teacher, tmp_path / "x"), capsys, "holds no images")
     fails(run_args(plain, tiny_teacher, tmp_path / "x", "--loss", "contrastive"), capsys, "needs class labels")
     other = tmp_path / "other.pt"
-    other_student = common.build_student("test_vit2", 32, image_size=32)
-    torch.save(common.student_checkpoint(other_student, common.load_teacher(tiny_teacher, None)), other)
+    other_student = models.build_student("test_vit2", 32, image_size=32)
+    torch.save(models.student_checkpoint(other_student, models.load_teacher(tiny_teacher, None)), other)
     fails(run_args(synth, tiny_teacher, tmp_path / "x", "--init", str(other)), capsys, "holds a test_vit2 student")
     fails(run_args(synth, tiny_teacher, tmp_path / "x", "--init", str(done / "student.pt"), "--image-size", "64"),
           capsys, "does not fit")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import common
+import models
 import toy
 
 
@@ -49,7 +50,7 @@ def test_quick_run_produces_teacher_table_and_plot(tmp_path):
     assert rows == [["| " + c, name] for c in ("none", "strong") for name in ("teacher", "l2", "contrastive tau 0.01")]
     assert (out / "toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the pieces are what the rest of the project reads: an open_clip teacher, synth.py folders, distill.py runs
-    teacher = common.load_teacher(f"local-dir:{out / 'teacher'}", None)
+    teacher = models.load_teacher(f"local-dir:{out / 'teacher'}", None)
     assert teacher.embed_dim == 64 and teacher.image_size == 32
     items, classnames, info = common.load_manifest(out / "data" / "synth_strong")
     assert classnames == list(toy.SHAPES) and info["templates"] == [toy.TEMPLATE] and len(items) == 40 * 8

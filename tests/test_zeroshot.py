@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import common
+import models
 import domains
 import kit
 import zeroshot
@@ -48,7 +49,7 @@ def test_metrics_top5_and_absent_classes_match_sklearn():
 # the text classifier
 
 def test_classifier_hand_computed_and_cached(tiny_teacher, monkeypatch):
-    teacher = common.load_teacher(tiny_teacher, None)
+    teacher = models.load_teacher(tiny_teacher, None)
     names, templates = ["cat", "dog"], ["a photo of a {c}.", "a {c}."]
     clf = zeroshot.build_classifier(teacher, names, templates)
     assert clf.shape == (2, teacher.embed_dim)
@@ -69,7 +70,7 @@ def test_classifier_hand_computed_and_cached(tiny_teacher, monkeypatch):
 
 def test_classifier_matches_open_clip(tiny_teacher):
     from open_clip.zero_shot_classifier import build_zero_shot_classifier
-    teacher = common.load_teacher(tiny_teacher, None)
+    teacher = models.load_teacher(tiny_teacher, None)
     names, templates = domains.CLASSNAMES["dtd"], domains.CLIP_BENCHMARK_TEMPLATES["dtd"]
     ours = zeroshot.build_classifier(teacher, names, templates, batch_size=64)
     positional = [t.replace("{c}", "{}") for t in templates]  # open_clip formats templates positionally
@@ -87,7 +88,7 @@ def test_parity_with_clip_benchmark(dataset, tiny_teacher, fake_root, tmp_path):
     from clip_benchmark.datasets.builder import build_dataset
     from sklearn.metrics import balanced_accuracy_score
     root, _ = fake_root
-    teacher = common.load_teacher(tiny_teacher, None)
+    teacher = models.load_teacher(tiny_teacher, None)
     for templates in ("paper", "clip_benchmark"):
         ds = build_dataset(dataset, root=str(root), transform=teacher.preprocess, split="test", download=False)
         tmpl = zeroshot.TEMPLATE_SETS[templates][dataset]
@@ -113,11 +114,11 @@ def test_parity_with_clip_benchmark(dataset, tiny_teacher, fake_root, tmp_path):
 # models and datasets end to end
 
 def _student_ckpt(tmp_path, teacher, dataset="pets", with_text=True):
-    student = common.build_student("test_vit", teacher.embed_dim, image_size=32)
+    student = models.build_student("test_vit", teacher.embed_dim, image_size=32)
     names = domains.CLASSNAMES[dataset]
     templates = domains.PAPER_TEMPLATES[dataset]
     emb = zeroshot.build_classifier(teacher, names, templates) if with_text else None
-    ckpt = common.student_checkpoint(student, teacher, classnames=names, templates=templates, dataset=dataset,
+    ckpt = models.student_checkpoint(student, teacher, classnames=names, templates=templates, dataset=dataset,
                                      class_text_emb=emb)
     path = tmp_path / "run" / "student.pt"
     common.save_torch(ckpt, path)
@@ -126,12 +127,12 @@ def _student_ckpt(tmp_path, teacher, dataset="pets", with_text=True):
 
 def test_student_uses_its_own_text_embeddings(tiny_teacher, fake_root, tmp_path, monkeypatch, capsys):
     root, _ = fake_root
-    teacher = common.load_teacher(tiny_teacher, None)
+    teacher = models.load_teacher(tiny_teacher, None)
     path = _student_ckpt(tmp_path, teacher)
 
     def no_teacher(*a, **k):
         raise AssertionError("the teacher must not be loaded for the student's own classes")
-    monkeypatch.setattr(common, "load_teacher", no_teacher)
+    monkeypatch.setattr(models, "load_teacher", no_teacher)
     out = tmp_path / "r.json"
     res = zeroshot.main(["--model", str(path), "--dataset", "pets", "--data-root", str(root), "--workers", "0",
                          "--out", str(out)])
@@ -142,7 +143,7 @@ def test_student_uses_its_own_text_embeddings(tiny_teacher, fake_root, tmp_path,
 
 def test_student_on_another_dataset_uses_teacher_text(tiny_teacher, fake_root, tmp_path):
     root, _ = fake_root
-    teacher = common.load_teacher(tiny_teacher, None)
+    teacher = models.load_teacher(tiny_teacher, None)
     path = _student_ckpt(tmp_path, teacher)
     zs = zeroshot.load_model(str(path))
     res = zeroshot.evaluate(zs, "dtd", data_root=str(root), workers=0, progress=False)
@@ -155,7 +156,7 @@ def test_student_on_another_dataset_uses_teacher_text(tiny_teacher, fake_root, t
 
 def test_student_logits_match_manual(tiny_teacher, tmp_path):
     """The whole path (transform, encoder, classifier, metrics) equals a hand-written loop."""
-    teacher = common.load_teacher(tiny_teacher, None)
+    teacher = models.load_teacher(tiny_teacher, None)
     folder = kit.make_image_folder(tmp_path / "imgs", classnames=("red_fox", "cat", "dog", "owl", "bee", "ant"),
                                    per_class=2)
     path = _student_ckpt(tmp_path, teacher)
