@@ -13,6 +13,7 @@ Commands:
   python bench.py synth --generator PATH --quick  # synth.py vs a bare pipeline loop
   python bench.py table results/ runs/ --plot results/headline.png   # the headline table
 """
+import functools
 import glob
 import json
 import os
@@ -27,8 +28,12 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
 
 import common
+import distill
+import views
 import models
 import domains
 from common import require
@@ -422,8 +427,8 @@ def plot(rows, path):
         if row["real"] and row["params_m"]:
             y = sum(v["paper"] for v in row["real"].values()) / len(row["real"])
             ax.scatter(row["params_m"], y, marker="o", s=50)
-            ax.annotate(f"{key} ({len(row['real'])} dataset{'s' if len(row['real']) > 1 else ''})", (row["params_m"], y), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+            label = f"{key} ({len(row['real'])} dataset{'s' if len(row['real']) > 1 else ''})"
+            ax.annotate(label, (row["params_m"], y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     student_params = 10.55  # PAPER.md: "TinyViT-class"; plotted at TinyViT-11M's size (an assumption)
     for name, ref in PAPER_ROWS.items():
         x = ref["params_m"] or student_params
@@ -443,6 +448,81 @@ def plot(rows, path):
     with common.atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
+
+
+def bench_train(args, device):
+    """`bench.py train`: images/s of one training step with the teacher cache, with the teacher online (--no-cache)
+    and of the student alone (no teacher), on the same batch at the teacher's resolution; plus the cache build and
+    the data loader on 512 px PNGs. `args`: bench.py's Args. Returns (Markdown table, record)."""
+    name, B = (args.student or args.students)[0], args.batch_size
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        gen = torch.Generator().manual_seed(0)
+        for i in range(4 * B):  # smooth 512 px images, like synth.py's
+            small = TF.to_pil_image(torch.rand(3, 16, 16, generator=gen))
+            small.resize((512, 512), Image.BICUBIC).save(Path(tmp) / f"{i:05d}.png")
+        images = views.load_images(tmp)
+        teacher = models.load_teacher(args.teacher, None, device=device)  # random weights do for timing
+        run = distill.Args(views=1, batch_size=B, workers=args.workers)
+        t0 = time.time()
+        cache = views.build_cache(Path(tmp) / "cache" / "bench.pt", {}, images, teacher, run,
+                                  common.Dist(device=device), device, {})
+        cache_rate = len(images.paths) / (time.time() - t0)
+        plan = functools.partial(views.plan_epoch, seed=0, train_idx=torch.arange(4 * B), cache=cache,
+                                 image_sizes=images.image_sizes, scale=run.crop_scale)
+        loader = torch.utils.data.DataLoader(views.Views(images, [teacher.image_size], teacher.mean, teacher.std),
+                                             batch_sampler=views.step_batches(plan, 0, 12, 4, B, common.Dist()),
+                                             num_workers=args.workers)
+        batches = iter(loader)
+        (crops,), idx, view = next(batches)  # the loader's start-up is not timed
+        t0 = time.time()
+        loader_rate = sum(len(b[1]) for b in batches) / (time.time() - t0)
+    student = models.build_student(name, teacher.embed_dim, image_size=teacher.image_size).to(device).train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
+    x, idx, view, cache_emb = crops.to(device), idx.to(device), view.to(device), cache["emb"].to(device)
+    constant = torch.randn(B, teacher.embed_dim, device=device)
+
+    def target(mode):
+        if mode == "cached (default)":
+            return cache_emb[idx, view].float()
+        if mode == "--no-cache (teacher online)":
+            with torch.no_grad(), common.autocast(device):
+                return teacher.model.encode_image(x).float()
+        return constant
+
+    seconds = {m: [] for m in ("student only (no teacher)", "cached (default)", "--no-cache (teacher online)")}
+    cpu = {m: [] for m in seconds}  # CPU time of this process: the work itself, when other jobs share the cores
+    modes = list(seconds)
+    for r in range(args.warmup + args.runs):  # the modes take turns (in rotating order): load elsewhere hits all alike
+        for mode in modes[r % 3:] + modes[:r % 3]:
+            sync()
+            t0, c0 = time.time(), time.process_time()
+            t_emb = target(mode)
+            with common.autocast(device):
+                loss = distill.l2_loss(student(x).float(), t_emb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sync()
+            if r >= args.warmup:
+                seconds[mode].append(time.time() - t0)
+                cpu[mode].append(time.process_time() - c0)
+    rate = {m: B / statistics.median(s) for m, s in seconds.items()}
+    alone = rate["student only (no teacher)"]
+    cpu_ms = {m: 1000 * statistics.median(c) / B for m, c in cpu.items()}  # per image
+    rows = [f"| {m} | {r:.2f} | {1000 * B / r:.0f} | {r / alone:.2f} | {cpu_ms[m]:.0f} |" for m, r in rate.items()]
+    table = "\n".join([f"training step: {name} <- {args.teacher} (random weights), {teacher.image_size} px, batch {B}",
+                       "", "| step | img/s | ms/step | x student only | CPU ms/img |", "|---|---|---|---|---|", *rows,
+                       "",
+                       f"teacher cache build: {cache_rate:.1f} img/s | data loader (512 px PNG -> crop): "
+                       f"{loader_rate:.1f} img/s with {args.workers} workers "
+                       f"({loader_rate / max(1, args.workers):.1f} per worker)"])
+    record = {"student": name, "teacher": args.teacher, "image_size": teacher.image_size, "batch_size": B,
+              "img_per_s": rate, "cpu_ms_per_img": cpu_ms,
+              "cached_vs_student_only": rate["cached (default)"] / alone,
+              "cached_vs_no_cache": rate["cached (default)"] / rate["--no-cache (teacher online)"],
+              "cache_build_img_per_s": cache_rate, "loader_img_per_s": loader_rate, "loader_workers": args.workers}
+    return table, record
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,8 +546,7 @@ def main(argv=None):
     elif command == "table":
         table, record = bench_table(args)
     elif command == "train":
-        import distill
-        table, record = distill.benchmark_train(args, device)
+        table, record = bench_train(args, device)
     else:
         table, record = bench_synth(args, device)
     head = f"{command} | {environment(device)}" + (" | --quick" if args.quick else "")

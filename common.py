@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 _UMASK = os.umask(0)  # read once (os.umask is process-wide): atomic_write gives files the usual permissions
 os.umask(_UMASK)
@@ -193,6 +194,46 @@ def cleanup_distributed():
         dist.destroy_process_group()
 
 
+_LOCAL_BATCH_NORM = F.batch_norm
+
+
+def sync_batchnorm(model, dist):
+    """BatchNorm over the global batch under torchrun, so N processes compute what one computes (the authors
+    trained with synced BN; TinyViT has 27 BatchNorm layers). GPUs: timm's conversion to SyncBatchNorm (which
+    also keeps BatchNormAct2d's activation). CPU (gloo; torch's SyncBatchNorm runs on GPUs only): while the model
+    runs, F.batch_norm in training mode takes its statistics from a differentiable all_reduce."""
+    if not dist.enabled:
+        return model
+    if dist.device.type == "cuda":
+        import timm.layers
+        return timm.layers.convert_sync_batchnorm(model)
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model.register_forward_pre_hook(lambda *_: setattr(F, "batch_norm", _global_batch_norm))
+        model.register_forward_hook(lambda *_: setattr(F, "batch_norm", _LOCAL_BATCH_NORM))
+    return model
+
+
+def _global_batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                       eps=1e-5):
+    """F.batch_norm with the mean and variance of the batch across all ranks (training mode only)."""
+    if not training:
+        return _LOCAL_BATCH_NORM(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    import torch.distributed.nn
+    c, dims = x.shape[1], [0, *range(2, x.dim())]
+    stats = torch.cat([x.sum(dims), (x * x).sum(dims), x.new_tensor([x.numel() // c])])  # (2C + 1,)
+    stats = torch.distributed.nn.all_reduce(stats)  # summed over ranks; gradients flow back to every rank
+    n = stats[-1]
+    mean = stats[:c] / n  # (C,)
+    var = stats[c:2 * c] / n - mean * mean  # biased, as the normalisation uses
+    if running_mean is not None:
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_(momentum * mean)
+            running_var.mul_(1 - momentum).add_(momentum * var * n / (n - 1))  # unbiased, as torch keeps it
+    shape = [1, c] + [1] * (x.dim() - 2)
+    y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+    return y * weight.view(shape) + bias.view(shape) if weight is not None else y
+
+
 def autocast(device, enabled=True):
     """bf16 autocast on CUDA (the GPU path); a no-op on CPU, where we train and test in fp32."""
     if enabled and device.type == "cuda":
@@ -231,19 +272,31 @@ def save_json(obj, path):
         f.write("\n")
 
 
+def append_jsonl(obj, path):
+    """One JSON line at the end of a log file (a kill loses at most the line being written)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj) + "\n")
+
+
 def save_torch(obj, path):
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
 
 
-def prepare_out_dir(path, flag="--out"):
-    """Create the output folder `path` (and its parents) or fail with one line: it exists as a file, a parent is a
-    file, it cannot be created, or it is not writable (permissions, a read-only file system). Returns the Path."""
+def prepare_out_dir(path, flag="--out", create=True):
+    """Check that the output folder `path` can be written, and create it (with its parents) unless create=False,
+    or fail with one line: it exists as a file, a parent is a file, it cannot be created, or it is not writable
+    (permissions, a read-only file system). Returns the Path."""
     path = Path(path).expanduser()
     require(not path.exists() or path.is_dir(), f"{flag} {path} is a file, not a folder: pass a folder path")
+    probe = path
+    while not create and not probe.exists():  # without creating anything: the nearest existing parent decides
+        probe = probe.parent
+    require(probe.is_dir() or create, f"{flag} {path}: {probe} is a file, not a folder: pass a folder path")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()  # os.access misses read-only mounts and ACLs: try a real write
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=probe).close()  # os.access misses read-only mounts and ACLs: try a real write
     except OSError as e:
         raise UserError(f"{flag} {path} is not a writable folder ({e.strerror or type(e).__name__}): choose "
                         f"another folder") from None

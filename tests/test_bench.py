@@ -1,8 +1,10 @@
 """bench.py: the headline table from result JSONs with known numbers, the plot, and the timing code at
 tiny sizes (no timing is asserted)."""
 import json
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 import bench
 import common
@@ -64,3 +66,12 @@ def test_synth_timing_runs_tiny(capsys):
     out = capsys.readouterr().out
     assert "| bare pipeline loop | 74 |" in out and "synth.py (prompts, saving, manifest)" in out
     assert record["bare_images_per_s"] > 0 and record["synth_images_per_s"] > 0
+
+
+def test_train_timing_runs_tiny(tiny_teacher):
+    args = SimpleNamespace(teacher=tiny_teacher, students=["test_vit"], student=[], batch_size=4, warmup=0, runs=1,
+                           workers=0)
+    table, record = bench.bench_train(args, torch.device("cpu"))
+    assert "| cached (default) |" in table and "| --no-cache (teacher online) |" in table
+    assert record["student"] == "test_vit" and record["image_size"] == 64 and record["loader_img_per_s"] > 0
+    assert set(record["img_per_s"]) == {"student only (no teacher)", "cached (default)", "--no-cache (teacher online)"}

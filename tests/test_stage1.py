@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import distill
+import shards
 import kit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,7 @@ def pattern(folder, n_shards=4):
 
 
 def stream_keys(urls, rank, world, workers, passes=1, skip=None):
-    stream = distill.ShardStream(urls, [32], (0.5,) * 3, (0.5,) * 3, seed=0, scale=(0.5, 1.0), rank=rank,
+    stream = shards.ShardStream(urls, [32], (0.5,) * 3, (0.5,) * 3, seed=0, scale=(0.5, 1.0), rank=rank,
                                  world_size=world, skip=skip, passes=passes)
     loader = torch.utils.data.DataLoader(stream, batch_size=2, num_workers=workers)
     keys, skipped = [], {}
@@ -58,7 +59,7 @@ def stream_keys(urls, rank, world, workers, passes=1, skip=None):
 
 def test_two_ranks_two_workers_see_every_sample_once_per_pass(tmp_path):
     folder, keys = write_shards(tmp_path / "shards", n_shards=8, per_shard=3, corrupt={"000020001"})
-    urls = distill.expand_shards(pattern(folder, 8))
+    urls = shards.expand_shards(pattern(folder, 8))
     seen, bad = [], 0
     for rank in (0, 1):  # what each torchrun rank streams (rank and world size come from torchrun)
         k, b = stream_keys(urls, rank, world=2, workers=2)

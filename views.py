@@ -1,0 +1,318 @@
+"""Training views for distill.py: the image list, crop boxes, crop rendering and the teacher cache.
+
+A *view* of training image i is a RandomResizedCrop box (top, left, height, width) plus a horizontal flip. The
+teacher cache (<data>/cache/<teacher>-K<views>-<key>.pt) holds K views per image, drawn once from their own seeded
+generator, and the frozen teacher's embedding of each: (N, K, D) fp16. A training step picks one view per image and
+renders that same crop for the student, so the cached embedding is the teacher's embedding of exactly the pixels
+the student sees, and the teacher never runs during training.
+
+  load_images    the training images (synth.py folder or plain folder), each decoded once and checked; the
+                 undecodable ones are skipped, named and counted
+  draw_views     k crop boxes + flips per image, vectorised, torchvision's RandomResizedCrop rule
+  make_crop      render one view of a PIL image
+  prepare_targets  the teacher cache (read, or built under a lock) and the class-prompt text embeddings
+  plan_epoch, step_batches  which image and view each rank sees at each step: pure functions of (seed, step)
+"""
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from tqdm import tqdm
+
+import common
+import zeroshot
+from common import UserError, require
+
+try:
+    import fcntl  # one writer per cache folder: a second run waits, then reuses what the first built (POSIX)
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+CACHE_VERSION = 1
+MAX_BAD_SHARE = 0.01  # more undecodable images than this share and the folder is refused, not trained on
+
+
+# ----------------------------------------------------------------------------------------------
+# the images
+
+@dataclass
+class ImageSet:
+    root: Path
+    paths: list                      # relative to root; undecodable images already left out
+    labels: Optional[torch.Tensor]   # (N,) class index; None for an unlabelled folder
+    classnames: Optional[list]
+    dataset: Optional[str]           # synth.json's domains.py name
+    image_sizes: torch.Tensor        # (N, 2) width, height in pixels
+    digest: str                      # paths, labels and file sizes: part of the cache metadata
+    skipped: tuple = ()              # (relative path, reason) of the images that did not decode
+
+
+def seeded_generator(*key):
+    """A torch.Generator seeded from a key: its own random stream, never the global one."""
+    return torch.Generator().manual_seed(int(common.fingerprint(list(key)), 16))
+
+
+def check_images(root, paths, what):
+    """Decode every image once: ([(width, height) or None], [(path, reason)] of those that fail). The answer is
+    stored in <root>/cache/check-<key>.json, keyed by names, sizes and mtimes, so a rerun does not pay again."""
+    stats = []
+    for p in paths:
+        try:
+            st = (root / p).stat()
+            stats.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            stats.append(None)
+    record = root / "cache" / f"check-{common.fingerprint([paths, stats])}.json"
+    if record.is_file():
+        with contextlib.suppress(UserError):
+            saved = common.read_json(record, "image check", keys=("sizes",))
+            if len(saved["sizes"]) == len(paths):
+                return [tuple(s) if s else None for s in saved["sizes"]], [tuple(b) for b in saved["bad"]]
+    sizes, bad = [], []
+    for p in tqdm(paths, desc=f"checking {what}", unit="img", disable=None, leave=False):
+        try:
+            with Image.open(root / p) as im:
+                im.load()  # a full decode: a truncated file fails here, not at step N of a run
+                sizes.append(im.size)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, unidentified, bad header; missing
+            sizes.append(None)
+            bad.append((p, (str(e).splitlines() or [type(e).__name__])[0][:100]))
+    with contextlib.suppress(OSError):  # a read-only data folder only loses the shortcut
+        common.save_json({"sizes": sizes, "bad": bad}, record)
+    return sizes, bad
+
+
+def load_images(data):
+    """The training images: a synth.py folder (labels from manifest.jsonl) or any image folder (no labels).
+    Every image is decoded once (cached); those that fail are skipped and named, and more than MAX_BAD_SHARE of
+    them is a one-line error."""
+    root = Path(data).expanduser().resolve()
+    require(root.is_dir(), f"--data {data} does not exist: pass a synth.py output folder or an image folder")
+    labels = classnames = dataset = None
+    if (root / "manifest.jsonl").is_file():
+        items, classnames, info = common.load_manifest(root)
+        paths, labels, dataset = [p for p, _ in items], [y for _, y in items], info.get("dataset")
+    else:
+        paths = common.list_images(root)
+    require(paths, f"--data {root} holds no images ({', '.join(common.IMAGE_EXTS)} files or a synth.py "
+                   f"manifest.jsonl)")
+    sizes, bad = check_images(root, paths, root.name)
+    named = ", ".join(f"{p} ({why})" for p, why in bad[:3])
+    require(len(bad) <= MAX_BAD_SHARE * len(paths), f"{len(bad)} of {len(paths)} images in {root} do not decode "
+                                                    f"(first: {named}): repair or remove them")
+    keep = [i for i, s in enumerate(sizes) if s is not None]
+    paths, sizes = [paths[i] for i in keep], [sizes[i] for i in keep]
+    labels = torch.tensor([labels[i] for i in keep]) if labels is not None else None
+    nbytes = [(root / p).stat().st_size for p in paths]
+    digest = common.fingerprint([paths, None if labels is None else labels.tolist(), nbytes])
+    return ImageSet(root, paths, labels, classnames, dataset, torch.tensor(sizes), digest, tuple(bad))
+
+
+# ----------------------------------------------------------------------------------------------
+# views: crop boxes and their pixels
+
+def draw_views(image_sizes, k, gen, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), tries=10):
+    """k RandomResizedCrop boxes + flips per image from an explicit generator (torchvision's get_params uses the
+    global RNG), vectorised, torchvision's rule: the first of `tries` (area, aspect) draws that fits, else a
+    central crop. image_sizes (N, 2) of (width, height) -> boxes (N, k, 4) of (top, left, height, width),
+    flips (N, k)."""
+    n = len(image_sizes)
+    img_w = image_sizes[:, 0].double().view(n, 1, 1)
+    img_h = image_sizes[:, 1].double().view(n, 1, 1)
+    area = img_w * img_h * torch.empty(n, k, tries, dtype=torch.float64).uniform_(scale[0], scale[1], generator=gen)
+    log_r = torch.empty(n, k, tries, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]),
+                                                                     generator=gen)
+    w, h = (area * log_r.exp()).sqrt().round(), (area / log_r.exp()).sqrt().round()  # (N, k, tries)
+    fits = (w > 0) & (h > 0) & (w <= img_w) & (h <= img_h)
+    first = fits.to(torch.uint8).argmax(-1, keepdim=True)  # index of the first fitting draw
+    w, h = w.gather(-1, first)[..., 0], h.gather(-1, first)[..., 0]  # (N, k)
+    img_w, img_h = img_w[..., 0], img_h[..., 0]  # (N, 1)
+    # no draw fits (rare, extreme aspect ratios): the largest central crop within the ratio range
+    central_w = torch.where(img_w / img_h > ratio[1], (img_h * ratio[1]).round(), img_w)
+    central_h = torch.where(img_w / img_h < ratio[0], (img_w / ratio[0]).round(), img_h)
+    ok = fits.any(-1)
+    w, h = torch.where(ok, w, central_w), torch.where(ok, h, central_h)
+    top = torch.where(ok, (torch.rand(n, k, dtype=torch.float64, generator=gen) * (img_h - h + 1)).floor(),
+                      ((img_h - h) / 2).floor())
+    left = torch.where(ok, (torch.rand(n, k, dtype=torch.float64, generator=gen) * (img_w - w + 1)).floor(),
+                       ((img_w - w) / 2).floor())
+    flips = torch.rand(n, k, generator=gen) < 0.5
+    return torch.stack([top, left, h, w], -1).int(), flips
+
+
+def make_crop(image, box, flip, size, mean, std):
+    """One view of a PIL image: crop box (top, left, h, w), bicubic resize to size x size, flip, normalise."""
+    top, left, h, w = box
+    image = TF.resized_crop(image, top, left, h, w, [size, size], InterpolationMode.BICUBIC, antialias=True)
+    if flip:
+        image = TF.hflip(image)
+    return TF.normalize(TF.to_tensor(image), mean, std)  # (3, size, size)
+
+
+class Views(torch.utils.data.Dataset):
+    """Key (image, view, box, flip) -> ([crop at each of `resolutions`], image, view). The box comes with the key,
+    so a view's pixels depend on nothing else (not the worker, not a random stream)."""
+
+    def __init__(self, images, resolutions, mean, std):
+        self.images, self.resolutions, self.mean, self.std = images, resolutions, mean, std
+        self._last = (None, None)  # consecutive views of one image decode it once
+
+    def __len__(self):
+        return len(self.images.paths)
+
+    def __getitem__(self, key):
+        i, k, box, flip = key
+        if self._last[0] != i:
+            with Image.open(self.images.root / self.images.paths[i]) as im:
+                self._last = (i, im.convert("RGB"))
+        return [make_crop(self._last[1], box, flip, s, self.mean, self.std) for s in self.resolutions], i, k
+
+
+# ----------------------------------------------------------------------------------------------
+# the teacher cache
+
+def cache_metadata(images, teacher, args):
+    """(metadata a cache must match exactly, its path). The path's key leaves out the image list, so a changed
+    folder rewrites the same file instead of piling up new ones."""
+    meta = {"version": CACHE_VERSION, "teacher": teacher.weights_key(), "views": args.views, "seed": args.cache_seed,
+            "resolution": teacher.image_size, "transform": {"crop": "RandomResizedCrop", "scale": args.crop_scale,
+            "ratio": [3 / 4, 4 / 3], "interpolation": "bicubic", "flip": 0.5, "mean": teacher.mean,
+            "std": teacher.std}, "images": images.digest, "n": len(images.paths)}
+    meta = json.loads(json.dumps(meta))  # tuples -> lists, as they come back from disk
+    name = Path(teacher.name.split(":")[-1]).name.replace("/", "_")
+    key = common.fingerprint({k: v for k, v in meta.items() if k not in ("images", "n")})
+    return meta, images.root / "cache" / f"{name}-K{args.views}-{key}.pt"
+
+
+def read_cache(path, meta):
+    """The cache at path if its metadata matches this run exactly, else None (it will be rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged file is rebuilt, never trusted
+        return None
+    return cache if isinstance(cache, dict) and cache.get("meta") == meta else None
+
+
+@contextlib.contextmanager
+def cache_lock(folder, dist):
+    """Rank 0 holds <data>/cache/.lock while it reads or writes the cache: a second run on the same folder waits,
+    then reuses. Temp and part files found under the lock were left by a killed run: they are removed."""
+    if not dist.is_main or fcntl is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in [*folder.glob(".*.tmp"), *folder.glob("*.pt.part*")]:
+            stale.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def build_cache(path, meta, images, teacher, args, dist, device, text):
+    """Draw K views per image from the cache's own generator, embed each once with the frozen teacher, write the
+    cache atomically. Under torchrun each rank embeds every world_size-th image and rank 0 merges."""
+    boxes, flips = draw_views(images.image_sizes, args.views, seeded_generator("cache", args.cache_seed),
+                              args.crop_scale)
+    n, k_views = len(images.paths), args.views
+    mine = list(range(dist.rank, n, dist.world_size))
+    keys = [(i, k, boxes[i, k].tolist(), bool(flips[i, k])) for i in mine for k in range(k_views)]
+    batches = [keys[j:j + args.batch_size] for j in range(0, len(keys), args.batch_size)]
+    loader = torch.utils.data.DataLoader(Views(images, [teacher.image_size], teacher.mean, teacher.std),
+                                         batch_sampler=batches, num_workers=args.workers,
+                                         generator=seeded_generator("cache"))  # not the run's global stream
+    emb = torch.zeros(n, k_views, teacher.embed_dim, dtype=torch.float16)  # (N, K, D)
+    with torch.no_grad():  # fp32 (TF32 on GPU): the cache is built once and read by every later run
+        for (crops,), idx, view in tqdm(loader, desc="teacher cache", disable=None if dist.is_main else True):
+            emb[idx, view] = teacher.model.encode_image(crops.to(device)).float().cpu().half()
+    if dist.enabled:  # each rank wrote its rows; rank 0 gathers them through the file system
+        part = path.with_name(f"{path.name}.part{dist.rank}")
+        common.save_torch({"rows": torch.tensor(mine), "emb": emb[mine]}, part)
+        torch.distributed.barrier()
+        if dist.is_main:
+            for r in range(dist.world_size):
+                p = torch.load(path.with_name(f"{path.name}.part{r}"), weights_only=True)
+                emb[p["rows"]] = p["emb"]
+                path.with_name(f"{path.name}.part{r}").unlink()
+    if dist.is_main:
+        common.save_torch({"meta": meta, "paths": images.paths, "boxes": boxes, "flips": flips, "emb": emb,
+                           "text": text, "skipped": list(images.skipped)}, path)
+    if dist.enabled:
+        torch.distributed.barrier()
+    return read_cache(path, meta)
+
+
+def prepare_targets(images, teacher, classnames, templates, args, dist, device):
+    """(teacher cache or None with --no-cache, (C, D) class text embeddings or None without a class set).
+
+    The class-prompt embeddings are zeroshot.py's classifier (one source: zeroshot.build_classifier); the cache
+    keeps a copy so a run on a cached folder never loads the text tower's prompts again."""
+    cache = class_text_emb = None
+    text_key = common.fingerprint([classnames, templates])
+    if not args.cache:
+        if classnames is not None:
+            class_text_emb = zeroshot.build_classifier(teacher, classnames, templates, device="cpu")
+        return None, class_text_emb
+    meta, path = cache_metadata(images, teacher, args)
+    with cache_lock(path.parent, dist):
+        cache = read_cache(path, meta)
+        if dist.enabled:
+            torch.distributed.barrier()  # every rank has decided before anyone rewrites the file
+        class_text_emb = cache["text"].get(text_key, {}).get("emb") if cache is not None else None
+        if classnames is not None and class_text_emb is None:
+            class_text_emb = zeroshot.build_classifier(teacher, classnames, templates, device="cpu")
+        text = {text_key: {"classnames": classnames, "templates": templates, "emb": class_text_emb}} \
+            if classnames else {}
+        if cache is None:
+            t0 = time.time()
+            cache = build_cache(path, meta, images, teacher, args, dist, device, text)
+            if dist.is_main:
+                print(f"teacher cache: built {path} ({len(images.paths)} images x {args.views} views) in "
+                      f"{time.time() - t0:.0f}s")
+        else:
+            if dist.is_main:
+                print(f"teacher cache: reusing {path}")
+            if text and text_key not in cache["text"] and dist.is_main:
+                cache["text"].update(text)
+                common.save_torch(cache, path)
+    return cache, class_text_emb
+
+
+# ----------------------------------------------------------------------------------------------
+# which view of which image each step sees
+
+def plan_epoch(epoch, seed, train_idx, cache, image_sizes, scale):
+    """Image order and one view per image for an epoch: a pure function of (seed, epoch), so resume and any
+    number of ranks or workers see the same batches. With --no-cache the views are fresh draws."""
+    gen = seeded_generator("epoch", seed, epoch)
+    order = train_idx[torch.randperm(len(train_idx), generator=gen)]  # (n,)
+    if cache is not None:
+        view = torch.randint(cache["boxes"].shape[1], (len(order),), generator=gen)  # (n,)
+        return order, view, cache["boxes"][order, view], cache["flips"][order, view]
+    boxes, flips = draw_views(image_sizes[order], 1, gen, scale)
+    return order, torch.zeros_like(order), boxes[:, 0], flips[:, 0]
+
+
+def step_batches(plan, start, total, steps_per_epoch, batch_size, dist):
+    """Keys of this rank's share of the global batch of each step start..total-1: a contiguous 1/world_size
+    slice, so N processes together see exactly the images one process sees."""
+    local, current = batch_size // dist.world_size, (None, None)
+    for step in range(start, total):
+        epoch, b = divmod(step, steps_per_epoch)
+        if current[0] != epoch:
+            current = (epoch, plan(epoch))
+        order, view, boxes, flips = current[1]
+        lo = b * batch_size + dist.rank * local
+        yield [(int(order[j]), int(view[j]), boxes[j].tolist(), bool(flips[j])) for j in range(lo, lo + local)]
