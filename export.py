@@ -143,8 +143,7 @@ def build_open_clip(ckpt, teacher, cfg, text_dtype):
     require(set(text) == {k for k in clip.state_dict() if not k.startswith("visual.")},
             f"the teacher {teacher.name} differs from what open_clip builds from its config: export needs a "
             f"teacher open_clip loads by name, tag or local-dir:PATH")
-    if text_dtype != "float32":
-        text = {k: to_text_dtype(k, v, text_dtype).float() for k, v in text.items()}
+    text = {k: to_text_dtype(k, v, text_dtype).to(v.dtype) for k, v in text.items()}  # rounded as stored
     image = {"visual." + k: v for k, v in tower_weights(ckpt, clip.visual).items()}
     clip.load_state_dict({**text, **image}, strict=True)
     # what zeroshot.py evaluates the student with (models.eval_transform): the teacher's mean/std at the
@@ -236,10 +235,9 @@ class BundledTokenizer:
 def write_folder(clip, cfg, tokenizer, folder, text_dtype):
     """open_clip's save_for_hf into a fresh hidden folder next to `folder`; returns that folder."""
     from open_clip.push_to_hf_hub import save_for_hf
-    if text_dtype != "float32":  # stored in half precision; open_clip casts back to fp32 when it loads
-        for key, param in clip.named_parameters():
-            if not key.startswith("visual."):
-                param.data = to_text_dtype(key, param.data, text_dtype)
+    for key, param in clip.named_parameters():  # float16: stored in half; open_clip casts to fp32 when it loads
+        if not key.startswith("visual."):
+            param.data = to_text_dtype(key, param.data, text_dtype)
     common.prepare_out_dir(folder.parent, "--out")
     tmp = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.tmp"
     tmp.mkdir()
