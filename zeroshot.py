@@ -58,7 +58,8 @@ class Args:
     batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
     workers: int = field(default=4, metadata={"help": "data loader processes"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda|cuda:N|mps"})
-    amp: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (no effect on CPU)"})
+    amp: bool = field(default=True, metadata={"help": "bf16 autocast of the image tower on GPU (on CPU only "
+                                                       "with ZSD_CPU_BF16=1); logits are always fp32"})
     out: Optional[str] = field(default=None, metadata={"help": "result JSON (default results/<model>_<data>.json)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing result JSON"})
 
@@ -307,8 +308,13 @@ def collate_skipping(batch):
 # the evaluation itself
 
 def predict(model, loader, classifier, device, amp=True, progress=True):
-    """Logits (N, C) = 100 * normalize(image_emb) @ classifier^T, with labels and broken indices."""
-    weights = classifier.t().contiguous()  # (D, C), the layout CLIP_benchmark multiplies with
+    """Logits (N, C) = 100 * normalize(image_emb) @ classifier^T, with labels and broken indices.
+
+    Only the image tower runs under autocast. Normalisation and logits are fp32, on the CPU: in bf16 a logit
+    near 30 moves in steps of 0.125, so close classes would tie and top-1 would depend on the class order; the
+    CPU also rules out TF32 matmuls (distill.py turns them on for CUDA), and (B, D) @ (D, C) is tiny.
+    """
+    weights = classifier.float().cpu().t().contiguous()  # (D, C), the layout CLIP_benchmark multiplies with
     all_logits, all_labels, broken = [], [], []
     with torch.inference_mode():
         for images, labels, bad in tqdm(loader, desc="zero-shot", unit="batch", disable=not progress,
@@ -318,9 +324,9 @@ def predict(model, loader, classifier, device, amp=True, progress=True):
                 continue
             images = images.to(device, non_blocking=True)
             with common.autocast(device, amp):
-                emb = F.normalize(model.encode_image(images), dim=-1)  # (B, D)
-                logits = 100.0 * emb.float() @ weights  # (B, C)
-            all_logits.append(logits.float().cpu())
+                image_emb = model.encode_image(images)  # (B, D), bf16 under autocast
+            emb = F.normalize(image_emb.float().cpu(), dim=-1)  # (B, D), fp32 from here on
+            all_logits.append(100.0 * emb @ weights)  # (B, C)
             all_labels.append(labels)
     if not all_logits:
         return torch.zeros(0, classifier.shape[0]), torch.zeros(0, dtype=torch.long), broken

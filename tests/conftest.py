@@ -32,8 +32,11 @@ def _one_thread():
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own XDG cache (text classifiers), so tests never share state by accident."""
+    """Every test gets its own XDG cache and in-process cache of text classifiers, so tests never share state
+    by accident (nor skip the code that builds and writes them)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+    if "zeroshot" in sys.modules:
+        monkeypatch.setattr(sys.modules["zeroshot"], "_CLASSIFIERS", {})
 
 
 @pytest.fixture(scope="session")

@@ -93,3 +93,21 @@ def test_teacher_from_builtin_name_and_weights_file(tiny_teacher, tmp_path):
         assert torch.equal(t.model.encode_image(x), ref.model.encode_image(x))
     with pytest.raises(common.UserError, match="unknown pretrained tag"):
         models.load_teacher("zsd-tiny-test", str(tmp_path / "missing.bin"))
+
+
+# ----------------------------------------------------------------------------------------------
+# autocast: bf16 on CUDA; on CPU only when ZSD_CPU_BF16 asks for it (tests of bf16 numerics)
+
+def test_autocast_on_cpu_only_when_asked(monkeypatch):
+    import torch
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("ZSD_CPU_BF16", raising=False)
+    with common.autocast(cpu):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setenv("ZSD_CPU_BF16", "1")  # read at call time
+    with common.autocast(cpu):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with common.autocast(cpu, enabled=False):  # --no-amp still wins
+        assert not torch.is_autocast_enabled("cpu")
+
