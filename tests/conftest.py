@@ -1,4 +1,6 @@
-"""Shared fixtures: offline hub, a private cache folder, the tiny teacher and fake datasets."""
+"""Shared fixtures: offline hub, a private cache folder, the tiny teacher, the default teacher from a fake hub
+cache, and fake datasets."""
+import copy
 import os
 import sys
 from pathlib import Path
@@ -62,3 +64,25 @@ def _flowers_without_md5(monkeypatch):
         return self._images_folder.is_dir() and all(
             (self._base_folder / self._file_dict[k][0]).is_file() for k in ("label", "setid"))
     monkeypatch.setattr(Flowers102, "_check_integrity", exists_only)
+
+
+@pytest.fixture
+def fake_hub(tiny_teacher, tmp_path, monkeypatch):
+    """The default teacher (ViT-B-32 + datacomp_xl_s13b_b90k) as open_clip finds it offline, for this test only:
+    the tiny CLIP's weights in a private Hugging Face cache under the real repo and file name, and open_clip's
+    ViT-B-32 architecture config swapped for the tiny one in this process. Returns the cache folder."""
+    import huggingface_hub.constants as hc
+    import open_clip.factory
+    import zeroshot
+    cache = tmp_path / "hf_hub"
+    kit.add_teacher_to_hub_cache(cache, tiny_teacher, *kit.DEFAULT_TEACHER)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))  # huggingface_hub reads the variable once, at import
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    # open_clip.factory keeps its built-in architecture configs in _MODEL_CONFIGS (name -> model_cfg)
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, kit.DEFAULT_TEACHER[0],
+                        copy.deepcopy(kit.TINY_TEACHER_CFG["model_cfg"]))
+    monkeypatch.setattr(zeroshot, "_CLASSIFIERS", {})  # text classifiers of the fake ViT-B-32 stay in this test
+    return cache
+

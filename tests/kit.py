@@ -7,9 +7,11 @@ then loaded by the project's own loading code. No network, no downloaded weights
                                   pets, flowers, cars, food101, dtd, fgvc_aircraft
   make_image_folder(dir, ...)     class_name/*.jpg
   add_to_hub_cache(cache, repo, dir)  a folder's files as a Hugging Face hub cache entry for `repo`
+  add_teacher_to_hub_cache(cache, tiny, name, tag)  the tiny CLIP's weights where open_clip looks for name + tag
   exits_with_one_line(main, argv, capsys, expect)  the check every bad-input test makes
 """
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -193,6 +195,31 @@ def add_to_hub_cache(cache, repo, folder, revision="0" * 40):
     (entry / "refs" / "main").write_text(revision)
     shutil.copytree(folder, entry / "snapshots" / revision, dirs_exist_ok=True)
     return entry / "snapshots" / revision
+
+
+DEFAULT_TEACHER = ("ViT-B-32", "datacomp_xl_s13b_b90k")  # the scripts' default --model/--teacher and tag
+
+
+def add_teacher_to_hub_cache(cache, tiny_teacher, name=DEFAULT_TEACHER[0], tag=DEFAULT_TEACHER[1]):
+    """Put the tiny CLIP's weights (`tiny_teacher`: 'local-dir:PATH' from make_tiny_teacher) into the Hugging Face
+    cache `cache` under the repo and file name that open_clip's pretrained config for name + tag points at.
+
+    open_clip still builds `name` from its built-in architecture config: swap that for TINY_TEACHER_CFG in the
+    same process (the `fake_hub` fixture does), and `create_model_and_transforms(name, pretrained=tag)` runs the
+    real path name + tag -> hub cache -> weights, offline. Returns the cached weights file.
+    """
+    import open_clip
+    from open_clip.constants import HF_WEIGHTS_NAME
+    hub = open_clip.get_pretrained_cfg(name, tag)["hf_hub"]  # 'org/repo/' (default file name) or 'org/repo/file'
+    repo, filename = os.path.split(hub)
+    repo = repo if filename else hub.rstrip("/")
+    staging = Path(cache) / ".staging" / repo.replace("/", "--")
+    staging.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(tiny_teacher[len("local-dir:"):]) / "open_clip_pytorch_model.bin",
+                    staging / (filename or HF_WEIGHTS_NAME))
+    snapshot = add_to_hub_cache(cache, repo, staging)
+    shutil.rmtree(Path(cache) / ".staging")
+    return snapshot / (filename or HF_WEIGHTS_NAME)
 
 
 def exits_with_one_line(main, argv, capsys, expect):
