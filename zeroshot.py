@@ -113,10 +113,10 @@ def build_classifier(teacher, classnames, templates, device="cpu", batch_size=25
     key = common.fingerprint({"teacher": teacher.weights_key(), "classnames": list(classnames),
                               "templates": list(templates)})
     path = common.cache_root() / "text" / f"{key}.pt"
-    if key not in _CLASSIFIERS and path.is_file():
+    if key not in _CLASSIFIERS:
         try:
             _CLASSIFIERS[key] = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged cache entry is rebuilt, never trusted
+        except Exception:  # a missing, unreadable or damaged cache entry is rebuilt, never trusted
             pass
     if key not in _CLASSIFIERS:
         prompts = [t.format(c=c) for c in classnames for t in templates]  # class-major: (C * T,)
@@ -130,8 +130,18 @@ def build_classifier(teacher, classnames, templates, device="cpu", batch_size=25
         emb = torch.cat(chunks).view(len(classnames), len(templates), -1)  # (C, T, D)
         emb = F.normalize(emb.mean(dim=1), dim=-1)  # (C, D)
         _CLASSIFIERS[key] = emb
-        common.save_torch(emb, path)
+        save_cache_entry(emb, path)
     return _CLASSIFIERS[key].to(device)
+
+
+def save_cache_entry(obj, path):
+    """Write a cache file; a cache that cannot be written (read-only, full, a file where its folder should be)
+    costs a rebuild next time, not the run: one warning line, and on we go."""
+    try:
+        common.save_torch(obj, path)
+    except OSError as e:
+        print(f"warning: cannot write the cache file {path} ({e.strerror or type(e).__name__}); continuing "
+              f"without it (set XDG_CACHE_HOME to a writable folder to keep it)", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,6 +406,14 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
             "images_per_s": round(len(labels) / max(seconds, 1e-9), 2)}
 
 
+def check_out(out, overwrite):
+    """The result file `out` can be written: not a folder, not there unless --overwrite, its folder writable."""
+    require(not out.is_dir(), f"--out {out} is a folder: pass a file path such as {out / 'result.json'}")
+    require(overwrite or not out.exists(), f"{out} exists: pass --overwrite to replace it or --out elsewhere")
+    common.prepare_out_dir(out.parent, "--out's folder")
+    return out
+
+
 def save_result(result, path):
     """Write a result dict as JSON, atomically; NaN metrics (acc5 with < 5 classes) become null."""
     clean = {**result, "metrics": {k: (None if v != v else v) for k, v in result["metrics"].items()}}
@@ -411,10 +429,11 @@ def main(argv=None):
     require(not is_folder_dataset(args.dataset) or Path(args.dataset).exists(),
             f"unknown dataset '{args.dataset}': use one of {', '.join(domains.DATASETS)} or an image folder")
     device = common.pick_device(args.device)
+    if args.out:  # a result that cannot be written fails now, not after the evaluation
+        check_out(Path(args.out), args.overwrite)
     zs = load_model(args.model, args.pretrained, device)
     data_name = Path(args.dataset).name if is_folder_dataset(args.dataset) else args.dataset
-    out = Path(args.out or f"results/{zs.name}_{data_name}.json")
-    require(args.overwrite or not out.exists(), f"{out} exists: pass --overwrite to replace it or --out elsewhere")
+    out = check_out(Path(args.out or f"results/{zs.name}_{data_name}.json"), args.overwrite)
     print(f"zero-shot | model {zs.name} | dataset {args.dataset} | templates {args.templates} | device {device}",
           file=sys.stderr)
     result = evaluate(zs, args.dataset, data_root=args.data_root, split=args.split, templates=args.templates,

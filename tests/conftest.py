@@ -1,7 +1,8 @@
 """Shared fixtures: offline hub, a private cache folder, the tiny teacher, the default teacher from a fake hub
-cache, and fake datasets."""
+cache, fake datasets and a read-only mount."""
 import copy
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -86,3 +87,19 @@ def fake_hub(tiny_teacher, tmp_path, monkeypatch):
     monkeypatch.setattr(zeroshot, "_CLASSIFIERS", {})  # text classifiers of the fake ViT-B-32 stay in this test
     return cache
 
+
+@pytest.fixture
+def ro_mount(tmp_path):
+    """A real read-only tmpfs mounted at tmp_path/ro; skips where mounting is not permitted (not root, a
+    container without CAP_SYS_ADMIN)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"cannot mount a read-only tmpfs: {e}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs: {done.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], capture_output=True, timeout=30)

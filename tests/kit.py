@@ -8,8 +8,10 @@ then loaded by the project's own loading code. No network, no downloaded weights
   make_image_folder(dir, ...)     class_name/*.jpg
   add_to_hub_cache(cache, repo, dir)  a folder's files as a Hugging Face hub cache entry for `repo`
   add_teacher_to_hub_cache(cache, tiny, name, tag)  the tiny CLIP's weights where open_clip looks for name + tag
+  simulate_read_only(monkeypatch, dir)  creating files or folders below `dir` fails with EROFS, as on a ro mount
   exits_with_one_line(main, argv, capsys, expect)  the check every bad-input test makes
 """
+import errno
 import json
 import os
 import random
@@ -220,6 +222,33 @@ def add_teacher_to_hub_cache(cache, tiny_teacher, name=DEFAULT_TEACHER[0], tag=D
     snapshot = add_to_hub_cache(cache, repo, staging)
     shutil.rmtree(Path(cache) / ".staging")
     return snapshot / (filename or HF_WEIGHTS_NAME)
+
+
+def simulate_read_only(monkeypatch, folder):
+    """Make creating a file or a folder at or below `folder` raise OSError(EROFS), as a read-only mount does (as
+    root, chmod blocks nothing). Covers os.open and os.mkdir, which tempfile, common.atomic_write and Path.mkdir
+    go through; reading stays possible."""
+    root = os.path.abspath(folder)
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def below(path):
+        p = os.path.abspath(os.fsdecode(path))
+        return p == root or p.startswith(root + os.sep)
+
+    def refuse(path):
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    def ro_open(path, flags, mode=0o777, *, dir_fd=None):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and dir_fd is None and below(path):
+            raise refuse(path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    def ro_mkdir(path, mode=0o777, *, dir_fd=None):
+        if dir_fd is None and below(path):
+            raise refuse(path)
+        return real_mkdir(path, mode, dir_fd=dir_fd)
+    monkeypatch.setattr(os, "open", ro_open)
+    monkeypatch.setattr(os, "mkdir", ro_mkdir)
 
 
 def exits_with_one_line(main, argv, capsys, expect):

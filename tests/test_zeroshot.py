@@ -305,3 +305,70 @@ def test_tiny_teacher_under_cpu_bf16_autocast(tiny_teacher, monkeypatch, tmp_pat
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # the tower did run in bf16
     torch.testing.assert_close(bf16, fp32, atol=1.0, rtol=0)  # 100 * cosine: bf16 moves it by well under 1
 
+
+# ----------------------------------------------------------------------------------------------
+# file-system faults: one line, exit 2, nothing written first; an unwritable cache only warns
+
+def _text_cache_files():
+    return [p for p in (common.cache_root() / "text").rglob("*") if p.is_file()] \
+        if (common.cache_root() / "text").is_dir() else []
+
+
+def _run(tiny_teacher, folder, out, *extra):
+    return ["--model", tiny_teacher, "--dataset", str(folder), "--workers", "0", "--out", str(out), *extra]
+
+
+def test_out_on_read_only_fs_fails_before_any_work(tiny_teacher, tmp_path, monkeypatch, capsys):
+    folder = kit.make_image_folder(tmp_path / "imgs", per_class=1)
+    (tmp_path / "ro").mkdir()
+    kit.simulate_read_only(monkeypatch, tmp_path / "ro")
+    out = tmp_path / "ro" / "results" / "r.json"
+    kit.exits_with_one_line(zeroshot.main, _run(tiny_teacher, folder, out), capsys, "not a writable folder")
+    assert not out.exists() and _text_cache_files() == []  # failed before the text cache was built
+
+
+def test_out_on_real_read_only_mount(tiny_teacher, ro_mount, tmp_path, capsys):
+    folder = kit.make_image_folder(tmp_path / "imgs", per_class=1)
+    kit.exits_with_one_line(zeroshot.main, _run(tiny_teacher, folder, ro_mount / "r.json"), capsys,
+                            "Read-only file system")
+    assert _text_cache_files() == []
+
+
+def test_out_is_a_folder(tiny_teacher, tmp_path, capsys):
+    folder = kit.make_image_folder(tmp_path / "imgs", per_class=1)
+    kit.exits_with_one_line(zeroshot.main, _run(tiny_teacher, folder, tmp_path, "--overwrite"), capsys,
+                            "is a folder")
+    assert _text_cache_files() == []
+
+
+def test_out_under_a_file(tiny_teacher, tmp_path, capsys):
+    folder = kit.make_image_folder(tmp_path / "imgs", per_class=1)
+    (tmp_path / "notes.txt").write_text("x")
+    kit.exits_with_one_line(zeroshot.main, _run(tiny_teacher, folder, tmp_path / "notes.txt" / "r.json"), capsys,
+                            "is a file")
+    assert _text_cache_files() == []
+
+
+def _warns_once_and_finishes(tiny_teacher, tmp_path, capsys):
+    folder = kit.make_image_folder(tmp_path / "imgs", per_class=1)
+    out = tmp_path / "r.json"
+    zeroshot.main(_run(tiny_teacher, folder, out))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "cannot write the cache file" in warnings[0], warnings
+    assert json.loads(out.read_text())["n"] == 3
+
+
+def test_cache_home_is_a_file_warns(tiny_teacher, tmp_path, monkeypatch, capsys):
+    (tmp_path / "cache_file").write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache_file"))
+    _warns_once_and_finishes(tiny_teacher, tmp_path, capsys)
+
+
+def test_cache_home_read_only_warns(tiny_teacher, tmp_path, monkeypatch, capsys):
+    kit.simulate_read_only(monkeypatch, common.cache_root().parent)
+    _warns_once_and_finishes(tiny_teacher, tmp_path, capsys)
+
+
+def test_cache_home_on_real_read_only_mount_warns(tiny_teacher, ro_mount, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(ro_mount))
+    _warns_once_and_finishes(tiny_teacher, tmp_path, capsys)
