@@ -235,9 +235,14 @@ def _global_batch_norm(x, running_mean, running_var, weight=None, bias=None, tra
 
 
 def autocast(device, enabled=True):
-    """bf16 autocast on CUDA (the GPU path); a no-op on CPU, where we train and test in fp32."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA (the GPU path); a no-op on CPU, where we train and test in fp32.
+
+    ZSD_CPU_BF16=1 in the environment (read at each call) turns on bf16 autocast on CPU too, so tests and
+    users without a GPU can see what bf16 does to the numbers (e.g. logits that tie); off by default.
+    """
+    cpu_bf16 = os.environ.get("ZSD_CPU_BF16", "0").lower() in ("1", "true", "yes", "on")
+    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_bf16)):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

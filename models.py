@@ -10,8 +10,9 @@ import dataclasses
 import os
 import socket
 import typing
-import contextlib
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 import torch.nn as nn
@@ -36,25 +37,42 @@ def file_signature(path):
 # ----------------------------------------------------------------------------------------------
 # the teacher: an open_clip model, frozen
 
-HF_HOST = "huggingface.co"
-
-
 def hub_offline():
-    """True if the Hugging Face hub cannot be reached: HF_HUB_OFFLINE is set, or a 3 s TCP probe
-    fails. Without the probe, every missing file costs 25-47 s of retries on a machine with no
-    network. When the probe fails we switch huggingface_hub to offline mode for this process, so
-    files already in the local cache still load at once."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    """True if the Hugging Face hub cannot be used: offline mode was asked for (HF_HUB_OFFLINE, read as
+    huggingface_hub reads it), or the first hop towards the hub's endpoint does not answer a 3 s TCP probe.
+    Without the probe, every missing file costs 25-47 s of retries on a machine with no network. When the
+    probe fails we switch huggingface_hub to offline mode for this process, so cached files still load at once."""
+    import huggingface_hub.constants as hc
+    if hc.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in hc.ENV_VARS_TRUE_VALUES:
         return True
     try:
-        socket.create_connection((HF_HOST, 443), timeout=3).close()
+        socket.create_connection(hub_first_hop(hc.ENDPOINT), timeout=3).close()
         return False
     except OSError:
         os.environ["HF_HUB_OFFLINE"] = "1"
-        with contextlib.suppress(Exception):
-            import huggingface_hub.constants as hc
-            hc.HF_HUB_OFFLINE = True
+        hc.HF_HUB_OFFLINE = True
         return True
+
+
+def hub_first_hop(endpoint):
+    """(host, port) that huggingface_hub connects to first for `endpoint` (HF_ENDPOINT, huggingface.co by
+    default): the proxy its HTTP client takes from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY (NO_PROXY honoured),
+    else the endpoint itself.
+
+    Why only the first hop: it is what fails on a machine without network (no DNS, no route, the proxy down),
+    it needs no TLS, and one TCP handshake fits a 3 s budget. Whether the hub answers behind a live proxy is
+    left to huggingface_hub, with its own retries and errors: the user chose that route.
+    """
+    url = urlsplit(endpoint)
+    proxies = urllib.request.getproxies()  # the same environment variables httpx and requests read
+    proxy = None if urllib.request.proxy_bypass(url.hostname or "") else (
+        proxies.get(url.scheme) or proxies.get("all"))
+    hop = urlsplit(proxy if "://" in proxy else "http://" + proxy) if proxy else url
+    try:
+        return hop.hostname, hop.port or (443 if hop.scheme == "https" else 80)
+    except ValueError:  # urlsplit checks the port only when asked for it
+        raise UserError(f"'{proxy or endpoint}' (a proxy variable or HF_ENDPOINT) has no valid port: fix it or "
+                        f"unset it") from None
 
 
 @dataclasses.dataclass

@@ -58,7 +58,8 @@ class Args:
     batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
     workers: int = field(default=4, metadata={"help": "data loader processes"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda|cuda:N|mps"})
-    amp: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (no effect on CPU)"})
+    amp: bool = field(default=True, metadata={"help": "bf16 autocast of the image tower on GPU (on CPU only "
+                                                       "with ZSD_CPU_BF16=1); logits are always fp32"})
     out: Optional[str] = field(default=None, metadata={"help": "result JSON (default results/<model>_<data>.json)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing result JSON"})
 
@@ -112,10 +113,10 @@ def build_classifier(teacher, classnames, templates, device="cpu", batch_size=25
     key = common.fingerprint({"teacher": teacher.weights_key(), "classnames": list(classnames),
                               "templates": list(templates)})
     path = common.cache_root() / "text" / f"{key}.pt"
-    if key not in _CLASSIFIERS and path.is_file():
+    if key not in _CLASSIFIERS:
         try:
             _CLASSIFIERS[key] = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged cache entry is rebuilt, never trusted
+        except Exception:  # a missing, unreadable or damaged cache entry is rebuilt, never trusted
             pass
     if key not in _CLASSIFIERS:
         prompts = [t.format(c=c) for c in classnames for t in templates]  # class-major: (C * T,)
@@ -129,8 +130,18 @@ def build_classifier(teacher, classnames, templates, device="cpu", batch_size=25
         emb = torch.cat(chunks).view(len(classnames), len(templates), -1)  # (C, T, D)
         emb = F.normalize(emb.mean(dim=1), dim=-1)  # (C, D)
         _CLASSIFIERS[key] = emb
-        common.save_torch(emb, path)
+        save_cache_entry(emb, path)
     return _CLASSIFIERS[key].to(device)
+
+
+def save_cache_entry(obj, path):
+    """Write a cache file; a cache that cannot be written (read-only, full, a file where its folder should be)
+    costs a rebuild next time, not the run: one warning line, and on we go."""
+    try:
+        common.save_torch(obj, path)
+    except OSError as e:
+        print(f"warning: cannot write the cache file {path} ({e.strerror or type(e).__name__}); continuing "
+              f"without it (set XDG_CACHE_HOME to a writable folder to keep it)", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,8 +318,13 @@ def collate_skipping(batch):
 # the evaluation itself
 
 def predict(model, loader, classifier, device, amp=True, progress=True):
-    """Logits (N, C) = 100 * normalize(image_emb) @ classifier^T, with labels and broken indices."""
-    weights = classifier.t().contiguous()  # (D, C), the layout CLIP_benchmark multiplies with
+    """Logits (N, C) = 100 * normalize(image_emb) @ classifier^T, with labels and broken indices.
+
+    Only the image tower runs under autocast. Normalisation and logits are fp32, on the CPU: in bf16 a logit
+    near 30 moves in steps of 0.125, so close classes would tie and top-1 would depend on the class order; the
+    CPU also rules out TF32 matmuls (distill.py turns them on for CUDA), and (B, D) @ (D, C) is tiny.
+    """
+    weights = classifier.float().cpu().t().contiguous()  # (D, C), the layout CLIP_benchmark multiplies with
     all_logits, all_labels, broken = [], [], []
     with torch.inference_mode():
         for images, labels, bad in tqdm(loader, desc="zero-shot", unit="batch", disable=not progress,
@@ -318,9 +334,9 @@ def predict(model, loader, classifier, device, amp=True, progress=True):
                 continue
             images = images.to(device, non_blocking=True)
             with common.autocast(device, amp):
-                emb = F.normalize(model.encode_image(images), dim=-1)  # (B, D)
-                logits = 100.0 * emb.float() @ weights  # (B, C)
-            all_logits.append(logits.float().cpu())
+                image_emb = model.encode_image(images)  # (B, D), bf16 under autocast
+            emb = F.normalize(image_emb.float().cpu(), dim=-1)  # (B, D), fp32 from here on
+            all_logits.append(100.0 * emb @ weights)  # (B, C)
             all_labels.append(labels)
     if not all_logits:
         return torch.zeros(0, classifier.shape[0]), torch.zeros(0, dtype=torch.long), broken
@@ -390,6 +406,14 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
             "images_per_s": round(len(labels) / max(seconds, 1e-9), 2)}
 
 
+def check_out(out, overwrite):
+    """The result file `out` can be written: not a folder, not there unless --overwrite, its folder writable."""
+    require(not out.is_dir(), f"--out {out} is a folder: pass a file path such as {out / 'result.json'}")
+    require(overwrite or not out.exists(), f"{out} exists: pass --overwrite to replace it or --out elsewhere")
+    common.prepare_out_dir(out.parent, "--out's folder")
+    return out
+
+
 def save_result(result, path):
     """Write a result dict as JSON, atomically; NaN metrics (acc5 with < 5 classes) become null."""
     clean = {**result, "metrics": {k: (None if v != v else v) for k, v in result["metrics"].items()}}
@@ -405,10 +429,11 @@ def main(argv=None):
     require(not is_folder_dataset(args.dataset) or Path(args.dataset).exists(),
             f"unknown dataset '{args.dataset}': use one of {', '.join(domains.DATASETS)} or an image folder")
     device = common.pick_device(args.device)
+    if args.out:  # a result that cannot be written fails now, not after the evaluation
+        check_out(Path(args.out), args.overwrite)
     zs = load_model(args.model, args.pretrained, device)
     data_name = Path(args.dataset).name if is_folder_dataset(args.dataset) else args.dataset
-    out = Path(args.out or f"results/{zs.name}_{data_name}.json")
-    require(args.overwrite or not out.exists(), f"{out} exists: pass --overwrite to replace it or --out elsewhere")
+    out = check_out(Path(args.out or f"results/{zs.name}_{data_name}.json"), args.overwrite)
     print(f"zero-shot | model {zs.name} | dataset {args.dataset} | templates {args.templates} | device {device}",
           file=sys.stderr)
     result = evaluate(zs, args.dataset, data_root=args.data_root, split=args.split, templates=args.templates,

@@ -1,5 +1,8 @@
-"""Shared fixtures: offline hub, a private cache folder, the tiny teacher and fake datasets."""
+"""Shared fixtures: offline hub, a private cache folder, the tiny teacher, the default teacher from a fake hub
+cache, fake datasets and a read-only mount."""
+import copy
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,8 +35,11 @@ def _one_thread():
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own XDG cache (text classifiers), so tests never share state by accident."""
+    """Every test gets its own XDG cache and in-process cache of text classifiers, so tests never share state
+    by accident (nor skip the code that builds and writes them)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+    if "zeroshot" in sys.modules:
+        monkeypatch.setattr(sys.modules["zeroshot"], "_CLASSIFIERS", {})
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +65,41 @@ def _flowers_without_md5(monkeypatch):
         return self._images_folder.is_dir() and all(
             (self._base_folder / self._file_dict[k][0]).is_file() for k in ("label", "setid"))
     monkeypatch.setattr(Flowers102, "_check_integrity", exists_only)
+
+
+@pytest.fixture
+def fake_hub(tiny_teacher, tmp_path, monkeypatch):
+    """The default teacher (ViT-B-32 + datacomp_xl_s13b_b90k) as open_clip finds it offline, for this test only:
+    the tiny CLIP's weights in a private Hugging Face cache under the real repo and file name, and open_clip's
+    ViT-B-32 architecture config swapped for the tiny one in this process. Returns the cache folder."""
+    import huggingface_hub.constants as hc
+    import open_clip.factory
+    import zeroshot
+    cache = tmp_path / "hf_hub"
+    kit.add_teacher_to_hub_cache(cache, tiny_teacher, *kit.DEFAULT_TEACHER)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))  # huggingface_hub reads the variable once, at import
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    # open_clip.factory keeps its built-in architecture configs in _MODEL_CONFIGS (name -> model_cfg)
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, kit.DEFAULT_TEACHER[0],
+                        copy.deepcopy(kit.TINY_TEACHER_CFG["model_cfg"]))
+    monkeypatch.setattr(zeroshot, "_CLASSIFIERS", {})  # text classifiers of the fake ViT-B-32 stay in this test
+    return cache
+
+
+@pytest.fixture
+def ro_mount(tmp_path):
+    """A real read-only tmpfs mounted at tmp_path/ro; skips where mounting is not permitted (not root, a
+    container without CAP_SYS_ADMIN)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"cannot mount a read-only tmpfs: {e}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs: {done.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], capture_output=True, timeout=30)

@@ -7,9 +7,13 @@ then loaded by the project's own loading code. No network, no downloaded weights
                                   pets, flowers, cars, food101, dtd, fgvc_aircraft
   make_image_folder(dir, ...)     class_name/*.jpg
   add_to_hub_cache(cache, repo, dir)  a folder's files as a Hugging Face hub cache entry for `repo`
+  add_teacher_to_hub_cache(cache, tiny, name, tag)  the tiny CLIP's weights where open_clip looks for name + tag
+  simulate_read_only(monkeypatch, dir)  creating files or folders below `dir` fails with EROFS, as on a ro mount
   exits_with_one_line(main, argv, capsys, expect)  the check every bad-input test makes
 """
+import errno
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -193,6 +197,58 @@ def add_to_hub_cache(cache, repo, folder, revision="0" * 40):
     (entry / "refs" / "main").write_text(revision)
     shutil.copytree(folder, entry / "snapshots" / revision, dirs_exist_ok=True)
     return entry / "snapshots" / revision
+
+
+DEFAULT_TEACHER = ("ViT-B-32", "datacomp_xl_s13b_b90k")  # the scripts' default --model/--teacher and tag
+
+
+def add_teacher_to_hub_cache(cache, tiny_teacher, name=DEFAULT_TEACHER[0], tag=DEFAULT_TEACHER[1]):
+    """Put the tiny CLIP's weights (`tiny_teacher`: 'local-dir:PATH' from make_tiny_teacher) into the Hugging Face
+    cache `cache` under the repo and file name that open_clip's pretrained config for name + tag points at.
+
+    open_clip still builds `name` from its built-in architecture config: swap that for TINY_TEACHER_CFG in the
+    same process (the `fake_hub` fixture does), and `create_model_and_transforms(name, pretrained=tag)` runs the
+    real path name + tag -> hub cache -> weights, offline. Returns the cached weights file.
+    """
+    import open_clip
+    from open_clip.constants import HF_WEIGHTS_NAME
+    hub = open_clip.get_pretrained_cfg(name, tag)["hf_hub"]  # 'org/repo/' (default file name) or 'org/repo/file'
+    repo, filename = os.path.split(hub)
+    repo = repo if filename else hub.rstrip("/")
+    staging = Path(cache) / ".staging" / repo.replace("/", "--")
+    staging.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(tiny_teacher[len("local-dir:"):]) / "open_clip_pytorch_model.bin",
+                    staging / (filename or HF_WEIGHTS_NAME))
+    snapshot = add_to_hub_cache(cache, repo, staging)
+    shutil.rmtree(Path(cache) / ".staging")
+    return snapshot / (filename or HF_WEIGHTS_NAME)
+
+
+def simulate_read_only(monkeypatch, folder):
+    """Make creating a file or a folder at or below `folder` raise OSError(EROFS), as a read-only mount does (as
+    root, chmod blocks nothing). Covers os.open and os.mkdir, which tempfile, common.atomic_write and Path.mkdir
+    go through; reading stays possible."""
+    root = os.path.abspath(folder)
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def below(path):
+        p = os.path.abspath(os.fsdecode(path))
+        return p == root or p.startswith(root + os.sep)
+
+    def refuse(path):
+        return OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    def ro_open(path, flags, mode=0o777, *, dir_fd=None):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and dir_fd is None and below(path):
+            raise refuse(path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    def ro_mkdir(path, mode=0o777, *, dir_fd=None):
+        if dir_fd is None and below(path):
+            raise refuse(path)
+        return real_mkdir(path, mode, dir_fd=dir_fd)
+    monkeypatch.setattr(os, "open", ro_open)
+    monkeypatch.setattr(os, "mkdir", ro_mkdir)
 
 
 def exits_with_one_line(main, argv, capsys, expect):

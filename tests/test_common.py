@@ -93,3 +93,104 @@ def test_teacher_from_builtin_name_and_weights_file(tiny_teacher, tmp_path):
         assert torch.equal(t.model.encode_image(x), ref.model.encode_image(x))
     with pytest.raises(common.UserError, match="unknown pretrained tag"):
         models.load_teacher("zsd-tiny-test", str(tmp_path / "missing.bin"))
+
+
+# ----------------------------------------------------------------------------------------------
+# autocast: bf16 on CUDA; on CPU only when ZSD_CPU_BF16 asks for it (tests of bf16 numerics)
+
+def test_autocast_on_cpu_only_when_asked(monkeypatch):
+    import torch
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("ZSD_CPU_BF16", raising=False)
+    with common.autocast(cpu):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setenv("ZSD_CPU_BF16", "1")  # read at call time
+    with common.autocast(cpu):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with common.autocast(cpu, enabled=False):  # --no-amp still wins
+        assert not torch.is_autocast_enabled("cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# the hub probe: offline only when asked, or when the first hop (the proxy, else HF_ENDPOINT) does not answer
+
+@pytest.fixture
+def online(monkeypatch):
+    """Offline mode off; no proxy variables; the machine has no network (connections leave only to 127.0.0.1).
+    Yields the list of (host, port) the probe connected to."""
+    import socket
+
+    import huggingface_hub.constants as hc
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hc, "ENDPOINT", "https://huggingface.co")
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.lower(), raising=False)
+    probed, connect = [], socket.create_connection
+
+    def no_network(address, *a, **k):
+        probed.append(tuple(address))
+        if address[0] != "127.0.0.1":
+            raise OSError(101, "Network is unreachable")
+        return connect(address, *a, **k)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    return probed
+
+
+@pytest.fixture
+def listening():
+    """Port of a socket listening on 127.0.0.1 (a proxy or a hub mirror that answers)."""
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        yield s.getsockname()[1]
+
+
+def _closed_port():
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return s.getsockname()[1]
+
+
+def test_hub_probe_goes_through_https_proxy(online, listening, monkeypatch):
+    import os
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{listening}")
+    assert models.hub_offline() is False
+    assert online == [("127.0.0.1", listening)] and os.environ["HF_HUB_OFFLINE"] == "0"
+
+
+def test_hub_probe_dead_proxy_forces_offline(online, monkeypatch):
+    import os
+
+    import huggingface_hub.constants as hc
+    port = _closed_port()
+    monkeypatch.setenv("https_proxy", f"127.0.0.1:{port}")  # no scheme, lower case: both are common
+    assert models.hub_offline() is True
+    assert online == [("127.0.0.1", port)] and os.environ["HF_HUB_OFFLINE"] == "1" and hc.HF_HUB_OFFLINE
+
+
+def test_hub_probe_uses_hf_endpoint(online, listening, monkeypatch):
+    import huggingface_hub.constants as hc
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listening}")
+    monkeypatch.setattr(hc, "ENDPOINT", f"http://127.0.0.1:{listening}")  # huggingface_hub read it at import
+    assert models.hub_offline() is False and online == [("127.0.0.1", listening)]
+
+
+def test_hub_probe_no_proxy_bypasses_the_proxy(online, listening, monkeypatch):
+    import huggingface_hub.constants as hc
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setattr(hc, "ENDPOINT", f"https://127.0.0.1:{listening}")
+    assert models.hub_offline() is False and online == [("127.0.0.1", listening)]
+
+
+def test_hub_offline_when_asked_without_probe(online, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
+    assert models.hub_offline() is True and online == []
+
+
+def test_hub_probe_bad_proxy_port_is_one_error(online, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:80x")
+    with pytest.raises(common.UserError, match="no valid port"):
+        models.hub_offline()

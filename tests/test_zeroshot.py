@@ -254,3 +254,121 @@ def test_existing_result_needs_overwrite(tiny_teacher, fake_root, tmp_path, caps
     zeroshot.main(["--model", tiny_teacher, "--dataset", "dtd", "--data-root", str(root), "--out", str(out),
                    "--overwrite", "--workers", "0", "--limit", "5"])
     assert json.loads(out.read_text())["n"] == 5
+
+
+# ----------------------------------------------------------------------------------------------
+# precision: logits in fp32 even when the image tower runs under bf16 autocast
+
+class _StoredEmbeddings(torch.nn.Module):
+    """An image tower that returns a stored fp32 embedding per image (its first pixel is its index) and records
+    whether it ran under bf16 autocast. No arithmetic, so only the classifier's precision is under test."""
+
+    def __init__(self, emb):
+        super().__init__()
+        self.register_buffer("emb", emb)
+        self.saw_bf16 = False
+
+    def encode_image(self, images):  # (B, 3, H, W) -> (B, D)
+        self.saw_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return self.emb[images[:, 0, 0, 0].long()]
+
+
+def test_near_tied_logits_are_fp32_under_bf16_autocast(monkeypatch):
+    # two classes along axes 0 and 1; image 0 (label 1) sits at cosines 0.3000 / 0.3005, image 1 (label 0) mirrored.
+    # fp32 logits: 30.00 vs 30.05. In bf16 both cosines round to 0.30078125 and the logits tie: argmax picks class 0.
+    z = (1 - 0.3 ** 2 - 0.3005 ** 2) ** 0.5
+    tower = _StoredEmbeddings(torch.tensor([[0.3, 0.3005, z], [0.3005, 0.3, z]]))
+    classifier = torch.eye(3)[:2]  # (C=2, D=3)
+    images = torch.arange(2.0)[:, None, None, None].expand(2, 3, 1, 1)
+    loader = [(images, torch.tensor([1, 0]), [])]
+    fp32, labels, _ = zeroshot.predict(tower, loader, classifier, torch.device("cpu"), progress=False)
+    assert not tower.saw_bf16
+    torch.testing.assert_close(fp32, torch.tensor([[30.0, 30.05], [30.05, 30.0]]), atol=1e-4, rtol=0)
+    monkeypatch.setenv("ZSD_CPU_BF16", "1")
+    bf16, _, _ = zeroshot.predict(tower, loader, classifier, torch.device("cpu"), progress=False)
+    assert tower.saw_bf16 and bf16.dtype == torch.float32
+    assert torch.equal(bf16, fp32)
+    m = zeroshot.compute_metrics(bf16, labels)
+    assert (m["acc1"], m["mean_per_class_recall"]) == (1.0, 1.0)  # bf16 logits would give 0.5 and 0.5
+
+
+def test_tiny_teacher_under_cpu_bf16_autocast(tiny_teacher, monkeypatch, tmp_path):
+    """The real image tower runs under CPU bf16 autocast; its logits stay fp32 and near the fp32 ones."""
+    folder = kit.make_image_folder(tmp_path / "imgs", per_class=2)
+    zs = zeroshot.load_model(tiny_teacher)
+    clf = zs.classifier(*zeroshot.resolve_classes(str(folder)), "cpu")
+    ds = zeroshot.SkipBroken(zeroshot.build_dataset(str(folder), None, "test", zs.transform))
+    loader = torch.utils.data.DataLoader(ds, batch_size=6, collate_fn=zeroshot.collate_skipping)
+    fp32, _, _ = zeroshot.predict(zs.encoder, loader, clf, torch.device("cpu"), progress=False)
+    monkeypatch.setenv("ZSD_CPU_BF16", "1")
+    bf16, _, _ = zeroshot.predict(zs.encoder, loader, clf, torch.device("cpu"), progress=False)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # the tower did run in bf16
+    torch.testing.assert_close(bf16, fp32, atol=1.0, rtol=0)  # 100 * cosine: bf16 moves it by well under 1
+
+
+# ----------------------------------------------------------------------------------------------
+# file-system faults: one line, exit 2, nothing written first; an unwritable cache only warns
+
+def _text_cache_files():
+    return [p for p in (common.cache_root() / "text").rglob("*") if p.is_file()] \
+        if (common.cache_root() / "text").is_dir() else []
+
+
+def _run(tiny_teacher, folder, out, *extra):
+    return ["--model", tiny_teacher, "--dataset", str(folder), "--workers", "0", "--out", str(out), *extra]
+
+
+def test_out_on_read_only_fs_fails_before_any_work(tiny_teacher, tmp_path, monkeypatch, capsys):
+    folder = kit.make_image_folder(tmp_path / "imgs", per_class=1)
+    (tmp_path / "ro").mkdir()
+    kit.simulate_read_only(monkeypatch, tmp_path / "ro")
+    out = tmp_path / "ro" / "results" / "r.json"
+    kit.exits_with_one_line(zeroshot.main, _run(tiny_teacher, folder, out), capsys, "not a writable folder")
+    assert not out.exists() and _text_cache_files() == []  # failed before the text cache was built
+
+
+def test_out_on_real_read_only_mount(tiny_teacher, ro_mount, tmp_path, capsys):
+    folder = kit.make_image_folder(tmp_path / "imgs", per_class=1)
+    kit.exits_with_one_line(zeroshot.main, _run(tiny_teacher, folder, ro_mount / "r.json"), capsys,
+                            "Read-only file system")
+    assert _text_cache_files() == []
+
+
+def test_out_is_a_folder(tiny_teacher, tmp_path, capsys):
+    folder = kit.make_image_folder(tmp_path / "imgs", per_class=1)
+    kit.exits_with_one_line(zeroshot.main, _run(tiny_teacher, folder, tmp_path, "--overwrite"), capsys,
+                            "is a folder")
+    assert _text_cache_files() == []
+
+
+def test_out_under_a_file(tiny_teacher, tmp_path, capsys):
+    folder = kit.make_image_folder(tmp_path / "imgs", per_class=1)
+    (tmp_path / "notes.txt").write_text("x")
+    kit.exits_with_one_line(zeroshot.main, _run(tiny_teacher, folder, tmp_path / "notes.txt" / "r.json"), capsys,
+                            "is a file")
+    assert _text_cache_files() == []
+
+
+def _warns_once_and_finishes(tiny_teacher, tmp_path, capsys):
+    folder = kit.make_image_folder(tmp_path / "imgs", per_class=1)
+    out = tmp_path / "r.json"
+    zeroshot.main(_run(tiny_teacher, folder, out))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "cannot write the cache file" in warnings[0], warnings
+    assert json.loads(out.read_text())["n"] == 3
+
+
+def test_cache_home_is_a_file_warns(tiny_teacher, tmp_path, monkeypatch, capsys):
+    (tmp_path / "cache_file").write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache_file"))
+    _warns_once_and_finishes(tiny_teacher, tmp_path, capsys)
+
+
+def test_cache_home_read_only_warns(tiny_teacher, tmp_path, monkeypatch, capsys):
+    kit.simulate_read_only(monkeypatch, common.cache_root().parent)
+    _warns_once_and_finishes(tiny_teacher, tmp_path, capsys)
+
+
+def test_cache_home_on_real_read_only_mount_warns(tiny_teacher, ro_mount, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(ro_mount))
+    _warns_once_and_finishes(tiny_teacher, tmp_path, capsys)
