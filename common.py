@@ -240,10 +240,15 @@ def autocast(device, enabled=True):
     ZSD_CPU_BF16=1 in the environment (read at each call) turns on bf16 autocast on CPU too, so tests and
     users without a GPU can see what bf16 does to the numbers (e.g. logits that tie); off by default.
     """
-    cpu_bf16 = os.environ.get("ZSD_CPU_BF16", "0").lower() in ("1", "true", "yes", "on")
-    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_bf16)):
+    if enabled and autocast_dtype(device) == "bf16 autocast":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def autocast_dtype(device):
+    """What `autocast(device)` runs the models in: 'bf16 autocast' or 'fp32' (for start-up lines)."""
+    cpu_bf16 = os.environ.get("ZSD_CPU_BF16", "0").lower() in ("1", "true", "yes", "on")
+    return "bf16 autocast" if device.type == "cuda" or (device.type == "cpu" and cpu_bf16) else "fp32"
 
 
 # ----------------------------------------------------------------------------------------------

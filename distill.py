@@ -26,12 +26,14 @@ Commands:
   # continue a stopped run exactly where it stopped (or extend it with a larger --epochs/--steps)
   python distill.py --loss l2 --data data/synth/pets --out runs/pets_l2 --resume
 
-Writes <out>/student.pt (self-contained, for zeroshot.py), last.pt (resume state), args.json, log.jsonl and,
-with --eval-root / --holdout, eval_<dataset>.json / eval_holdout.json.
+Writes <out>/open_clip/ (the student as an open_clip model: `open_clip.create_model_and_transforms(
+"local-dir:<out>/open_clip")`), student.pt (self-contained, for zeroshot.py and --init), last.pt (resume state),
+args.json, log.jsonl and, with --eval-root / --holdout, eval_<dataset>.json / eval_holdout.json.
 """
 import dataclasses
 import functools
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
@@ -40,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 import common
+import export
 import models
 import run_state
 import shards
@@ -231,7 +234,7 @@ def main(argv=None):
         print(f"distill | {args.loss} | teacher {teacher.name} ({teacher.pretrained}) -> student {args.student} "
               f"{resolution}px, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | {data} | "
               f"{plan.total} steps of {args.batch_size} | device {device} "
-              f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'} | world {dist.world_size}")
+              f"{common.autocast_dtype(device)} | world {dist.world_size}")
         for path, reason in images.skipped:
             print(f"warning: skipped undecodable image {images.root / path} ({reason})")
         if images.skipped:
@@ -326,6 +329,10 @@ def main(argv=None):
             model, teacher, classnames=classnames, templates=templates, dataset=plan.dataset,
             class_text_emb=class_text_emb, extra={"args": dataclasses.asdict(args), "step": step}), out / "student.pt")
         print(f"wrote {out / 'student.pt'} (step {step})")
+        try:  # the release format: an open_clip model (student image tower + the teacher's text tower)
+            print(f"wrote {export.export_open_clip(model, teacher, out / 'open_clip', overwrite=True)}")
+        except UserError as e:  # e.g. a ViT at a size open_clip cannot build: student.pt still serves zeroshot.py
+            print(f"warning: no open_clip export: {e}", file=sys.stderr)
         evaluate_run(plan, teacher, device)
     common.cleanup_distributed()
     return out

@@ -211,7 +211,9 @@ class Student(nn.Module):
             self.encoder = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, img_size=image_size)
         except TypeError:  # CNNs take any size and have no img_size argument
             self.encoder = timm.create_model(timm_name, pretrained=pretrained, num_classes=0)
-        self.proj = nn.Linear(self.encoder.num_features, embed_dim)  # with bias, as the paper
+        # pooled width; models with a conv head after pooling (MobileNetV3) report it as head_hidden_size
+        width = getattr(self.encoder, "head_hidden_size", None) or self.encoder.num_features
+        self.proj = nn.Linear(width, embed_dim)  # with bias, as the paper
         self.timm_name, self.embed_dim, self.image_size = timm_name, embed_dim, image_size
 
     def forward(self, images):  # (B, 3, H, W) -> (B, embed_dim), not normalised

@@ -160,8 +160,9 @@ class ZeroShotModel:
         params = sum(p.numel() for p in (self.encoder.visual if hasattr(self.encoder, "visual") else
                                          self.encoder).parameters())
         if self.student_ckpt is None:
-            return {"kind": "teacher", "arch": self.teacher.name, "pretrained": self.teacher.pretrained,
-                    "image_params": params}
+            trunk = getattr(getattr(self.encoder, "visual", None), "trunk", None)  # an exported student
+            return {"kind": "student" if trunk is not None else "teacher", "arch": self.teacher.name,
+                    "pretrained": self.teacher.pretrained, "image_params": params}
         args = self.student_ckpt.get("args") or {}
         return {"kind": "student", "arch": self.student_ckpt["timm_name"], "image_params": params,
                 "teacher": self.student_ckpt["teacher"], "loss": args.get("loss"), "data": args.get("data"),
@@ -195,8 +196,9 @@ def load_model(spec, pretrained=None, device="cpu"):
         return ZeroShotModel(encoder=student, name=name or "student", student_ckpt=ckpt,
                              transform=models.eval_transform(ckpt["image_size"], ckpt["mean"], ckpt["std"]))
     teacher = models.load_teacher(spec, pretrained, device=device)
-    if spec.startswith("local-dir:"):
-        name = Path(teacher.name[len("local-dir:"):]).name
+    if spec.startswith("local-dir:"):  # a distill.py export is <run>/open_clip: name it after the run
+        folder = Path(teacher.name[len("local-dir:"):])
+        name = folder.parent.name if folder.name == "open_clip" else folder.name
     else:
         name = spec + (f"_{Path(teacher.pretrained).stem}" if teacher.pretrained and os.path.isfile(
             teacher.pretrained) else f"_{teacher.pretrained}" if teacher.pretrained else "")

@@ -423,3 +423,28 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint(tiny_teacher, synth,
     assert not list((synth / "cache").glob(".*.tmp"))  # the killed writer's temp file is gone
     assert_same(weights(straight / "student.pt"), weights(run / "student.pt"))
     assert [r["step"] for r in log_steps(run)] == list(range(1, 5))
+
+
+# ----------------------------------------------------------------------------------------------
+# the end of a run: the open_clip export; the GPU precision path on a CPU
+
+def test_run_exports_an_open_clip_model_that_evaluates_like_student_pt(tiny_teacher, synth, tmp_path, capsys):
+    out = tmp_path / "run"
+    distill.main(run_args(synth, tiny_teacher, out, "--student", "test_efficientnet", steps=2))
+    assert (out / "open_clip" / "open_clip_config.json").is_file()
+    a = zeroshot.evaluate(str(out / "student.pt"), str(synth), workers=0, progress=False)
+    b = zeroshot.evaluate(f"local-dir:{out / 'open_clip'}", str(synth), workers=0, progress=False)
+    same = ("acc1", "mean_per_class_recall")  # acc5 is NaN with 3 classes
+    assert [a["metrics"][k] for k in same] == [b["metrics"][k] for k in same]
+    assert b["model"] == "run" and b["model_info"]["kind"] == "student"
+    # a ViT at a size open_clip cannot build: the run still ends well, with one warning line
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "vit", steps=1))
+    assert "warning: no open_clip export" in capsys.readouterr().err
+    assert (tmp_path / "vit" / "student.pt").is_file() and not (tmp_path / "vit" / "open_clip").exists()
+
+
+def test_bf16_autocast_path_runs_on_cpu(tiny_teacher, synth, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ZSD_CPU_BF16", "1")  # the autocast branch GPU runs take, here on the CPU
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "a", "--no-cache", steps=3))
+    assert "bf16 autocast" in capsys.readouterr().out
+    assert all(math.isfinite(r["loss"]) for r in log_steps(tmp_path / "a"))
