@@ -79,6 +79,9 @@ class Args:
     loss: str = field(default="l2", metadata={"help": "distillation loss", "choices": ["l2", "contrastive", "mix"]})
     alpha: float = field(default=0.5, metadata={"help": "mix: (1 - alpha) * l2 + alpha * contrastive"})
     temperature: float = field(default=0.01, metadata={"help": "contrastive tau (CLIP: 0.01; authors' code: 1)"})
+    text: str = field(default="caption", metadata={
+        "help": "contrastive text: each image's own prompt from manifest.jsonl (caption, the authors' run) or its "
+                "class prompt (class)", "choices": ["caption", "class"]})
     epochs: int = field(default=96, metadata={"help": "passes over the training images"})
     steps: int = field(default=0, metadata={"help": "optimizer steps; overrides --epochs when > 0"})
     batch_size: int = field(default=256, metadata={"help": "global batch (split across torchrun ranks)"})
@@ -105,24 +108,25 @@ def l2_loss(student_emb, teacher_emb):
     return (s - t).norm(dim=-1).mean()
 
 
-def contrastive_loss(student_emb, class_text_emb, labels, temperature):
-    """Symmetric InfoNCE between image i and the text embedding of its class; same-class images share a
-    prompt and are (false) negatives of each other, as in the paper. (B, D), (C, D), (B,) -> ()"""
+def contrastive_loss(student_emb, text_emb, rows, temperature):
+    """Symmetric InfoNCE between image i and its text: row rows[i] of a table of text embeddings, either the class
+    prompts (--text class: same-class images share a prompt and are false negatives of each other) or each image's
+    own diffusion prompt (--text caption, the authors' run). (B, D), (T, D), (B,) -> ()"""
     s = F.normalize(student_emb, dim=-1)  # (B, D)
-    u = F.normalize(class_text_emb, dim=-1)[labels]  # (B, D): one text row per image
+    u = F.normalize(text_emb, dim=-1)[rows]  # (B, D): one text row per image
     logits = s @ u.t() / temperature  # (B, B): image i against the text of every image in the batch
     target = torch.arange(len(s), device=s.device)  # the match is on the diagonal
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-def mix_loss(student_emb, teacher_emb, class_text_emb, labels, temperature, alpha):
+def mix_loss(student_emb, teacher_emb, text_emb, rows, temperature, alpha):
     return ((1 - alpha) * l2_loss(student_emb, teacher_emb)
-            + alpha * contrastive_loss(student_emb, class_text_emb, labels, temperature))
+            + alpha * contrastive_loss(student_emb, text_emb, rows, temperature))
 
 
-LOSSES = {  # --loss -> f(student_emb, teacher_emb, class_text_emb, labels, temperature, alpha)
-    "l2": lambda s, t, u, y, tau, alpha: l2_loss(s, t),
-    "contrastive": lambda s, t, u, y, tau, alpha: contrastive_loss(s, u, y, tau),
+LOSSES = {  # --loss -> f(student_emb, teacher_emb, text_emb, rows, temperature, alpha)
+    "l2": lambda s, t, u, rows, tau, alpha: l2_loss(s, t),
+    "contrastive": lambda s, t, u, rows, tau, alpha: contrastive_loss(s, u, rows, tau),
     "mix": mix_loss,
 }
 
@@ -241,10 +245,15 @@ def main(argv=None):
             print(f"warning: skipped {len(images.skipped)} undecodable images of {images.root}")
 
     # the targets: the teacher cache (built once per folder and teacher, reused by every run) and class prompts
-    cache, class_text_emb = views.prepare_targets(images, teacher, classnames, templates, args, dist, device)
+    cache, class_text_emb, caption_emb = views.prepare_targets(images, teacher, classnames, templates, args, dist,
+                                                               device)
     cache_emb = cache["emb"].to(device) if cache is not None else None  # (N, K, D) fp16
-    text_dev = class_text_emb.to(device) if class_text_emb is not None else None  # (C, D)
-    labels_dev = images.labels.to(device) if images.labels is not None else None  # (N,)
+    # the contrastive term's text table and each image's row in it: its own caption, or its class prompt
+    if caption_emb is not None:
+        text_dev, rows_dev = caption_emb.float().to(device), torch.arange(len(images.paths), device=device)  # (N, D)
+    else:
+        text_dev = class_text_emb.to(device) if class_text_emb is not None else None  # (C, D)
+        rows_dev = images.labels.to(device) if images.labels is not None else None  # (N,)
 
     # the student, its optimizer, and the state of a resumed run
     model = common.sync_batchnorm(model, dist).to(device)
@@ -284,12 +293,12 @@ def main(argv=None):
                 t_emb = teacher.model.encode_image(crops[-1].to(device, non_blocking=True)).float()  # (b, D)
         with common.autocast(device):
             s_emb = forward(x).float()  # (b, D)
-        y = labels_dev[idx.to(device)] if labels_dev is not None and not plan.stage1 else None  # (b,)
+        rows = rows_dev[idx.to(device)] if rows_dev is not None and not plan.stage1 else None  # (b,)
         # every rank computes the loss of the global batch (the contrastive term needs all negatives), but its
         # gradient reaches only this rank's part; DDP averages the gradients over ranks, so multiplying by
         # world_size gives each parameter the gradient of the global loss, as one process would compute it
         loss = loss_fn(gather_batch(s_emb, dist), gather_batch(t_emb, dist), text_dev,
-                       gather_batch(y, dist) if y is not None else None, args.temperature, args.alpha)
+                       gather_batch(rows, dist) if rows is not None else None, args.temperature, args.alpha)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise UserError(f"loss is {loss_value} at step {step}: stopped; last good checkpoint "

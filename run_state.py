@@ -23,8 +23,9 @@ from common import UserError, require
 
 # args that change the trajectory: --resume refuses to continue when one differs
 ESSENTIAL = ("data", "dataset", "views", "cache", "cache_seed", "crop_scale", "image_size", "holdout", "teacher",
-             "teacher_pretrained", "student", "student_pretrained", "init", "loss", "alpha", "temperature",
+             "teacher_pretrained", "student", "student_pretrained", "init", "loss", "alpha", "temperature", "text",
              "batch_size", "lr", "schedule", "warmup", "seed")
+DEFAULTS_BEFORE = {"text": "class"}  # what a run started before an essential arg existed did
 
 
 @dataclass
@@ -80,6 +81,9 @@ def plan_run(args, dist):
             f"--loss {args.loss} needs class labels, but {images.root} has no manifest.jsonl (a plain image "
             f"folder): use --loss l2 or a synth.py folder")
     require(args.holdout == 0 or images.labels is not None, "--holdout needs a synth.py folder (labels)")
+    require(args.loss == "l2" or args.text == "class" or (images.prompts and all(images.prompts)),
+            f"--loss {args.loss} --text caption needs each image's prompt, but {images.root}/manifest.jsonl has "
+            f"none for some images: pass --text class (the class prompts)")
     require(args.eval_root is None or dataset, "--eval-root needs --dataset NAME (the real test split to use)")
     require(args.eval_root is None or Path(args.eval_root).is_dir(), f"--eval-root {args.eval_root} is no folder")
     n = 0 if stage1 else len(images.paths)
@@ -106,7 +110,7 @@ def plan_run(args, dist):
 
 
 def essential(saved):
-    return json.loads(json.dumps({k: saved.get(k) for k in ESSENTIAL}))  # tuples -> lists
+    return json.loads(json.dumps({k: saved.get(k, DEFAULTS_BEFORE.get(k)) for k in ESSENTIAL}))  # tuples -> lists
 
 
 def load_resume_state(out, args, data):

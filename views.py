@@ -53,6 +53,7 @@ class ImageSet:
     image_sizes: torch.Tensor        # (N, 2) width, height in pixels
     digest: str                      # paths, labels and file sizes: part of the cache metadata
     skipped: tuple = ()              # (relative path, reason) of the images that did not decode
+    prompts: Optional[list] = None   # each image's diffusion prompt (manifest.jsonl), for --text caption
 
 
 def seeded_generator(*key):
@@ -96,10 +97,11 @@ def load_images(data):
     them is a one-line error."""
     root = Path(data).expanduser().resolve()
     require(root.is_dir(), f"--data {data} does not exist: pass a synth.py output folder or an image folder")
-    labels = classnames = dataset = None
+    labels = classnames = dataset = prompts = None
     if (root / "manifest.jsonl").is_file():
         items, classnames, info = common.load_manifest(root)
         paths, labels, dataset = [p for p, _ in items], [y for _, y in items], info.get("dataset")
+        prompts = [rec.get("prompt") for _, rec in common.read_jsonl(root / "manifest.jsonl", "manifest")]
     else:
         paths = common.list_images(root)
     require(paths, f"--data {root} holds no images ({', '.join(common.IMAGE_EXTS)} files or a synth.py "
@@ -111,9 +113,10 @@ def load_images(data):
     keep = [i for i, s in enumerate(sizes) if s is not None]
     paths, sizes = [paths[i] for i in keep], [sizes[i] for i in keep]
     labels = torch.tensor([labels[i] for i in keep]) if labels is not None else None
+    prompts = [prompts[i] for i in keep] if prompts is not None else None
     nbytes = [(root / p).stat().st_size for p in paths]
     digest = common.fingerprint([paths, None if labels is None else labels.tolist(), nbytes])
-    return ImageSet(root, paths, labels, classnames, dataset, torch.tensor(sizes), digest, tuple(bad))
+    return ImageSet(root, paths, labels, classnames, dataset, torch.tensor(sizes), digest, tuple(bad), prompts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,24 +258,32 @@ def build_cache(path, meta, images, teacher, args, dist, device, text):
 
 
 def prepare_targets(images, teacher, classnames, templates, args, dist, device):
-    """(teacher cache or None with --no-cache, (C, D) class text embeddings or None without a class set).
+    """(teacher cache or None with --no-cache, (C, D) class text embeddings or None without a class set,
+    (N, D) caption embeddings or None): everything the losses compare the student with.
 
-    The class-prompt embeddings are zeroshot.py's classifier (one source: zeroshot.build_classifier); the cache
-    keeps a copy so a run on a cached folder never loads the text tower's prompts again."""
-    cache = class_text_emb = None
+    Text embeddings come from zeroshot.py's classifier (one source: zeroshot.build_classifier; a caption is a
+    class of one prompt and the template "{c}"). The cache keeps copies, so a run on a cached folder does not
+    run the text tower again."""
     text_key = common.fingerprint([classnames, templates])
+    captions = images.prompts if args.loss != "l2" and args.text == "caption" else None
+    caption_key = common.fingerprint(captions) if captions else None
+
+    def class_text():
+        return zeroshot.build_classifier(teacher, classnames, templates, device="cpu") if classnames else None
+
+    def caption_text():
+        return zeroshot.build_classifier(teacher, captions, ["{c}"], device="cpu").half() if captions else None
     if not args.cache:
-        if classnames is not None:
-            class_text_emb = zeroshot.build_classifier(teacher, classnames, templates, device="cpu")
-        return None, class_text_emb
+        return None, class_text(), caption_text()
     meta, path = cache_metadata(images, teacher, args)
     with cache_lock(path.parent, dist):
         cache = read_cache(path, meta)
         if dist.enabled:
             torch.distributed.barrier()  # every rank has decided before anyone rewrites the file
-        class_text_emb = cache["text"].get(text_key, {}).get("emb") if cache is not None else None
-        if classnames is not None and class_text_emb is None:
-            class_text_emb = zeroshot.build_classifier(teacher, classnames, templates, device="cpu")
+        stored = cache["text"].get(text_key, {}).get("emb") if cache is not None else None
+        class_text_emb = stored if stored is not None or not classnames else class_text()
+        stored = (cache.get("captions") or {}) if cache is not None else {}
+        caption_emb = stored["emb"] if captions and stored.get("key") == caption_key else caption_text()
         text = {text_key: {"classnames": classnames, "templates": templates, "emb": class_text_emb}} \
             if classnames else {}
         if cache is None:
@@ -281,13 +292,16 @@ def prepare_targets(images, teacher, classnames, templates, args, dist, device):
             if dist.is_main:
                 print(f"teacher cache: built {path} ({len(images.paths)} images x {args.views} views) in "
                       f"{time.time() - t0:.0f}s")
-        else:
-            if dist.is_main:
-                print(f"teacher cache: reusing {path}")
-            if text and text_key not in cache["text"] and dist.is_main:
-                cache["text"].update(text)
-                common.save_torch(cache, path)
-    return cache, class_text_emb
+        elif dist.is_main:
+            print(f"teacher cache: reusing {path}")
+        new_text = text and text_key not in cache["text"]
+        new_captions = captions and (cache.get("captions") or {}).get("key") != caption_key
+        if (new_text or new_captions) and dist.is_main:  # one more class set or prompt list: kept beside the rest
+            cache["text"].update(text)
+            if new_captions:
+                cache["captions"] = {"key": caption_key, "emb": caption_emb}  # (N, D) fp16, one row per image
+            common.save_torch(cache, path)
+    return cache, class_text_emb, caption_emb
 
 
 # ----------------------------------------------------------------------------------------------

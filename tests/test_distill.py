@@ -448,3 +448,47 @@ def test_bf16_autocast_path_runs_on_cpu(tiny_teacher, synth, tmp_path, monkeypat
     distill.main(run_args(synth, tiny_teacher, tmp_path / "a", "--no-cache", steps=3))
     assert "bf16 autocast" in capsys.readouterr().out
     assert all(math.isfinite(r["loss"]) for r in log_steps(tmp_path / "a"))
+
+
+# ----------------------------------------------------------------------------------------------
+# --text caption: the contrastive baseline against each image's own prompt (the authors' run)
+
+def test_caption_contrastive_loss_hand_computed():
+    s = torch.tensor([[5.0, 0.0], [0.0, 0.5]])
+    captions = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # image 0's prompt -> (1, 0), image 1's -> (0, 1)
+    # each image has its own row: logits [[1, 0], [0, 1]] at tau 1, every row log(1 + e^-1), both ways
+    rows = torch.arange(2)
+    assert distill.contrastive_loss(s, captions, rows, 1.0).item() == pytest.approx(math.log(1 + math.exp(-1)),
+                                                                                    abs=1e-6)
+    # the same two images as one class share its prompt (the first row): false negatives, 0.753204 by hand
+    assert distill.contrastive_loss(s, captions, torch.tensor([0, 0]), 1.0).item() == pytest.approx(0.753204,
+                                                                                                    abs=1e-6)
+
+
+def test_caption_embeddings_are_the_teachers_embeddings_of_the_manifest_prompts(tiny_teacher, synth, tmp_path):
+    lines = [json.loads(x) for x in (synth / "manifest.jsonl").read_text().splitlines()]
+    for i, rec in enumerate(lines):  # every image its own prompt
+        rec["prompt"] = f"a photo of a {rec['classname']}, number {i}, at dusk"
+    (synth / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "a", "--loss", "contrastive", steps=2))
+    assert json.loads((tmp_path / "a" / "args.json").read_text())["text"] == "caption"  # the default
+    [path] = (synth / "cache").glob("*.pt")
+    cached = torch.load(path, weights_only=True)["captions"]["emb"]  # (N, D) fp16
+    teacher = models.load_teacher(tiny_teacher, None)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(teacher.model.encode_text(
+            teacher.tokenizer([rec["prompt"] for rec in lines])).float(), dim=-1)
+    assert cached.dtype == torch.float16 and cached.shape == expected.shape
+    torch.testing.assert_close(cached.float(), expected, rtol=0, atol=1e-3)
+    # --text class keeps the class prompts; a manifest without prompts cannot give captions
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "b", "--loss", "contrastive", "--text", "class", steps=2))
+    assert not torch.equal(weights(tmp_path / "a" / "student.pt")["proj.weight"],
+                           weights(tmp_path / "b" / "student.pt")["proj.weight"])
+
+
+def test_caption_text_needs_prompts(tiny_teacher, synth, tmp_path, capsys):
+    lines = [json.loads(x) for x in (synth / "manifest.jsonl").read_text().splitlines()]
+    (synth / "manifest.jsonl").write_text("".join(json.dumps({k: v for k, v in x.items() if k != "prompt"}) + "\n"
+                                                  for x in lines))
+    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--loss", "contrastive"), capsys, "pass --text class")
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "ok", "--loss", "l2", steps=1))  # L2 needs no text
