@@ -203,10 +203,8 @@ def load_generator(source, device, dtype=None):
 
 
 def make_images(pipe, batch, prompts, seed, steps, guidance, size):
-    """One pipeline call for a batch [(c, n), ...] -> (B, H, W, 3) float images in [0, 1], none NaN; how many were
-    decoded twice. A float16 VAE can overflow to NaN (SDXL's is the known case), saved as a black image by uint8
-    conversion: such images are decoded again from their final latents with the VAE in float32 (diffusers' own fix
-    for SDXL). If the latents are NaN, or float32 does not help, we stop."""
+    """One pipeline call for a batch [(c, n), ...] -> (B, H, W, 3) float images in [0, 1], none of them NaN, and
+    how many had to be decoded again in float32. A NaN image would be saved as a black one by uint8 conversion."""
     final = {}
 
     def keep_latents(pipe, step, t, tensors):  # the last step's latents are what the pipeline decodes
@@ -219,27 +217,31 @@ def make_images(pipe, batch, prompts, seed, steps, guidance, size):
                   callback_on_step_end_tensor_inputs=["latents"]).images  # (B, H, W, 3)
     bad = [i for i, image in enumerate(images) if not np.isfinite(image).all()]
     if bad:
-        latents, vae = final["latents"][bad], pipe.vae  # (b, 4, h, w)
-        first = "image {:03d}/{:05d}".format(*batch[bad[0]])
-        low = pipe.unet.dtype != torch.float32
-        require(torch.isfinite(latents).all(), f"the generator's denoiser returned NaN for {first} in "
-                f"{str(pipe.unet.dtype)[6:]}: {'pass --dtype float32' if low else 'check the model files'}; no "
-                f"image of this batch was saved, the files before it are kept")
-        dtype = vae.dtype
-        vae.to(torch.float32)  # temporarily: float16 -> float32 -> float16 is exact
-        mean, std = (getattr(vae.config, k, None) for k in ("latents_mean", "latents_std"))
-        latents = latents.float() / vae.config.scaling_factor
-        if mean is not None and std is not None:  # as the SDXL pipeline unscales such VAEs' latents
-            latents = latents * latents.new_tensor(std).view(1, -1, 1, 1) + latents.new_tensor(mean).view(1, -1, 1, 1)
-        with torch.no_grad():
-            decoded = vae.decode(latents, return_dict=False)[0]  # (b, 3, H, W) in [-1, 1]
-        vae.to(dtype)
-        if getattr(pipe, "watermark", None) is not None:  # SDXL's, when invisible-watermark is installed
-            decoded = pipe.watermark.apply_watermark(decoded)
-        images[bad] = pipe.image_processor.postprocess(decoded, output_type="np")
+        first, dtype = "image {:03d}/{:05d}".format(*batch[bad[0]]), pipe.unet.dtype
+        require(torch.isfinite(final["latents"][bad]).all(), f"the generator's denoiser returned NaN for {first} in "
+                f"{str(dtype)[6:]}: {'check the model files' if dtype == torch.float32 else 'pass --dtype float32'}"
+                f"; no image of this batch was saved, the files before it are kept")
+        images[bad] = decode_in_float32(pipe, final["latents"][bad])
         require(np.isfinite(images).all(), f"the generator's VAE returned NaN for {first} even in float32: check "
                 f"the model's files (re-download it); no image of this batch was saved, the files before it are kept")
     return images, len(bad)
+
+
+def decode_in_float32(pipe, latents):
+    """(b, 4, h, w) final latents -> (b, H, W, 3) images in [0, 1], decoded as the pipeline does but with the VAE in
+    float32: a float16 VAE can overflow to NaN (SDXL's is the known case), and float32 is diffusers' own fix."""
+    vae, dtype = pipe.vae, pipe.vae.dtype
+    vae.to(torch.float32)  # for this call only: float16 -> float32 -> float16 is exact
+    mean, std = (getattr(vae.config, k, None) for k in ("latents_mean", "latents_std"))
+    latents = latents.float() / vae.config.scaling_factor
+    if mean is not None and std is not None:  # as the SDXL pipeline unscales such VAEs' latents
+        latents = latents * latents.new_tensor(std).view(1, -1, 1, 1) + latents.new_tensor(mean).view(1, -1, 1, 1)
+    with torch.no_grad():
+        decoded = vae.decode(latents, return_dict=False)[0]  # (b, 3, H, W) in [-1, 1]
+    vae.to(dtype)
+    if getattr(pipe, "watermark", None) is not None:  # SDXL's, when invisible-watermark is installed
+        decoded = pipe.watermark.apply_watermark(decoded)
+    return pipe.image_processor.postprocess(decoded, output_type="np")
 
 
 def check_folder(folder, info, skip=()):
@@ -274,7 +276,6 @@ def scan_images(folder, num_classes, per_class, ext):
 
 def write_manifest(folder, done, record):
     """Rewrite manifest.jsonl from the files on disk (sorted by class, image), atomically and under a lock."""
-    folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as lock:
         if fcntl:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -340,15 +341,12 @@ class Writer:
 @common.entrypoint
 def main(argv=None):
     args = common.parse_args(Args, argv)
-    require(args.dataset in domains.DATASETS, f"unknown dataset '{args.dataset}': use one of "
-                                              f"{', '.join(domains.DATASETS)}")
-    require(args.per_class >= 1, f"--per-class must be at least 1 (got {args.per_class})")
-    for flag, allowed in (("prompts", ("diverse", "simple", "llm")), ("format", ("png", "jpg")),
-                          ("dtype", ("auto", *DTYPES))):
+    for flag, allowed in (("dataset", domains.DATASETS), ("prompts", ("diverse", "simple", "llm")),
+                          ("format", ("png", "jpg")), ("dtype", ("auto", *DTYPES))):
         require(getattr(args, flag) in allowed, f"--{flag} must be {' | '.join(allowed)} (got '{getattr(args, flag)}')")
-    require(args.batch_size >= 1 and args.writers >= 1, "--batch-size and --writers must be at least 1")
-    for name in ("steps", "size", "save_size"):
-        require(getattr(args, name) is None or getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
+    for flag in ("per_class", "batch_size", "writers", "steps", "size", "save_size"):  # None: the default
+        value = getattr(args, flag)
+        require(value is None or value >= 1, f"--{flag.replace('_', '-')} must be at least 1 (got {value})")
     shard = re.fullmatch(r"(\d+)/(\d+)", args.shard)
     require(shard and int(shard[1]) < int(shard[2]), f"--shard must be i/n with 0 <= i < n (got '{args.shard}')")
     classnames = list(domains.CLASSNAMES[args.dataset])
@@ -388,7 +386,8 @@ def main(argv=None):
                 vocabulary={"diverse": domains.PROMPT_SLOTS[args.dataset], "simple": None,
                             "llm": attributes and attributes["classes"]}[args.prompts], version=1)
     check_folder(folder, info, skip=() if info["size"] else ("size",))  # before the slow load
-    pipe, dtype = load_generator(source, dist.device, DTYPES.get(args.dtype))
+    pipe, dtype = (load_generator(source, dist.device) if args.dtype == "auto"  # its default: float16 on CUDA only
+                   else load_generator(source, dist.device, DTYPES[args.dtype]))
     size = info["size"] = info["size"] or pipe.unet.config.sample_size * pipe.vae_scale_factor  # native size
     info["per_class"] = check_folder(folder, info)
     # Every process writes it (same identity; rank 0 may still be loading when rank 1 saves its first image), before

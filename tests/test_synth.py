@@ -195,12 +195,13 @@ def test_make_prompts_pairwise_covering_distinct_and_stable():
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--dataset", "imagenet"], "--dataset must be pets | flowers | cars | food101 | dtd | fgvc_aircraft (got "),
     (["--generator", "sd99-fast"], "unknown generator 'sd99-fast'"),
     (["--generator", "nobody/no-such-model"], "nobody/no-such-model is not in the local Hugging Face cache"),
     (["--generator", "sd15-lcm"], "Lykon/dreamshaper-7 is not in the local Hugging Face cache"),
     (["--per-class", "0"], "--per-class must be at least 1"),
     (["--shard", "2/2"], "--shard must be i/n"),
+    (["--dtype", "float8"], "--dtype must be auto | float16 | bfloat16 | float32 (got 'float8')"),
 ])
 def test_bad_input_fails_fast_with_one_line(argv, words, tmp_path, capsys):
     t0 = time.time()
