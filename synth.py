@@ -355,9 +355,6 @@ def main(argv=None):
     steps = args.steps or preset["steps"]
     guidance = args.guidance if args.guidance is not None else preset["guidance"]
 
-    # Work unit = a batch of the global order i = n * num_classes + c (image-major, so a larger --per-class only
-    # appends). Batch k always holds the same images and goes to part k % parts: batched kernels round differently
-    # for other batch compositions, so fixed batches make shards, ranks and restarts byte-identical.
     num_classes, folder = len(classnames), Path(args.out) / args.dataset
     if not args.dry_run or args.prompts == "llm":  # an unusable --out fails now, before any model is loaded
         common.prepare_out_dir(args.out)
@@ -369,6 +366,9 @@ def main(argv=None):
             folder / "attributes.json", args.llm, args.dataset, classnames, args.seed,
             common.pick_device(args.device) if args.dry_run else dist.device, is_main=dist.is_main)
     prompts = make_prompts(args.dataset, classnames, args.per_class, args.prompts, args.seed, attributes)
+    # Work unit = a batch of the global order i = n * num_classes + c (image-major, so a larger --per-class only
+    # appends). Batch k always holds the same images and goes to part k % parts: batched kernels round differently
+    # for other batch compositions, so fixed batches make shards, ranks and restarts byte-identical.
     parts, part = int(shard[2]) * dist.world_size, int(shard[1]) * dist.world_size + dist.rank
     total = num_classes * args.per_class
     batches = [[divmod(i, num_classes)[::-1] for i in range(k, min(k + args.batch_size, total))]
