@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -318,29 +319,51 @@ def fails(argv, capsys, expect):
     kit.exits_with_one_line(distill.main, argv, capsys, expect)
 
 
-def test_bad_inputs(tiny_teacher, synth, tmp_path, capsys):
-    done = tmp_path / "done"
-    distill.main(run_args(synth, tiny_teacher, done, steps=3))
-    capsys.readouterr()
-    files = {p.name: p.read_bytes() for p in done.iterdir()}
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    plain = kit.make_image_folder(tmp_path / "plain", per_class=2)
-    fails(run_args(tmp_path / "nope", tiny_teacher, tmp_path / "x"), capsys, "does not exist")
-    fails(run_args(empty, tiny_teacher, tmp_path / "x"), capsys, "holds no images")
-    fails(run_args(plain, tiny_teacher, tmp_path / "x", "--loss", "contrastive"), capsys, "needs class labels")
-    other = tmp_path / "other.pt"
-    other_student = models.build_student("test_vit2", 32, image_size=32)
-    torch.save(models.student_checkpoint(other_student, models.load_teacher(tiny_teacher, None)), other)
-    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--init", str(other)), capsys, "holds a test_vit2 student")
-    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--init", str(done / "student.pt"), "--image-size", "64"),
-          capsys, "does not fit")
-    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--resume"), capsys, "nothing to resume")
-    fails(run_args(synth, tiny_teacher, done, "--resume", "--lr", "1e-3"), capsys, "--lr 0.0005 (now 0.001)")
-    fails(run_args(synth, tiny_teacher, done), capsys, "already holds a run")
-    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--batch-size", "64"), capsys, "larger than the 24")
-    assert not (tmp_path / "x").exists()
-    assert {p.name: p.read_bytes() for p in done.iterdir()} == files  # nothing good overwritten
+@pytest.fixture(scope="module")
+def finished(tiny_teacher, tmp_path_factory):
+    """A synth folder, a finished run on it, and inputs that no run can use."""
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    synth = kit.make_synth_folder(tmp / "synth", per_class=8)
+    distill.main(run_args(synth, tiny_teacher, tmp / "done", steps=3))
+    (tmp / "empty").mkdir()
+    kit.make_image_folder(tmp / "plain", per_class=2)
+    torch.save(models.student_checkpoint(models.build_student("test_vit2", 32, image_size=32),
+                                         models.load_teacher(tiny_teacher, None)), tmp / "other.pt")
+    (tmp / "a_file").write_text("x")
+    return SimpleNamespace(tmp=tmp, synth=synth, done=tmp / "done", files={
+        p.name: p.read_bytes() for p in (tmp / "done").iterdir()})
+
+
+BAD_INPUTS = {  # name -> (data, out, extra flags with {tmp} placeholders, what the one error line says)
+    "no such folder": ("nope", "x", [], "does not exist"),
+    "folder without images": ("empty", "x", [], "holds no images"),
+    "contrastive without labels": ("plain", "x", ["--loss", "contrastive"], "needs class labels"),
+    "--init of another student": ("synth", "x", ["--init", "{tmp}/other.pt"], "holds a test_vit2 student"),
+    "--init of another size": ("synth", "x", ["--init", "{tmp}/done/student.pt", "--image-size", "64"],
+                               "does not fit"),
+    "--resume with nothing to resume": ("synth", "x", ["--resume"], "nothing to resume"),
+    "--resume with another --lr": ("synth", "done", ["--resume", "--lr", "1e-3"], "--lr 0.0005 (now 0.001)"),
+    "--out holds a run": ("synth", "done", [], "already holds a run"),
+    "batch larger than the data": ("synth", "x", ["--batch-size", "64"], "larger than the 24"),
+    "--out is a file": ("synth", "a_file", [], "is a file, not a folder"),
+    "--out below a file": ("synth", "a_file/run", [], "is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input(case, finished, tiny_teacher, capsys):
+    data, out, extra, expect = BAD_INPUTS[case]
+    tmp = finished.tmp
+    fails(run_args(tmp / data, tiny_teacher, tmp / out, *[x.format(tmp=tmp) for x in extra]), capsys, expect)
+    assert not (tmp / "x").exists()
+    assert {p.name: p.read_bytes() for p in finished.done.iterdir()} == finished.files  # nothing good overwritten
+
+
+def test_out_on_a_read_only_file_system(tiny_teacher, synth, tmp_path, monkeypatch, capsys):
+    (tmp_path / "ro").mkdir()  # a mount point
+    kit.simulate_read_only(monkeypatch, tmp_path / "ro")
+    fails(run_args(synth, tiny_teacher, tmp_path / "ro" / "run"), capsys, "not a writable folder")
+    assert not (tmp_path / "ro" / "run").exists()
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_teacher, synth, tmp_path, monkeypatch, capsys):

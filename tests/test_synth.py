@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+import common
 import domains
 import kit
 import kit_diffusers
@@ -420,3 +421,15 @@ def test_broken_synth_json_is_refused_before_loading(tiny_sd, tmp_path, monkeypa
     monkeypatch.setattr(synth, "load_generator", lambda *a: pytest.fail("loaded the generator"))
     kit.exits_with_one_line(synth.main, BASE + ["--generator", str(tiny_sd), "--out", str(tmp_path)], capsys, words)
     assert files_under(tmp_path) == {"pets/synth.json": content}
+
+
+def test_a_folder_made_before_the_lora_file_was_named_is_the_same_run(tmp_path):
+    folder = tmp_path / "pets"
+    source = {"model": "Lykon/dreamshaper-7", "lora": "latent-consistency/lcm-lora-sdv1-5"}
+    old = {k: None for k in synth.IDENTITY} | {"per_class": 2, "generator_source": source}
+    common.save_json(old, folder / "synth.json")
+    now = dict(old, per_class=3, generator_source=dict(source, lora_file="pytorch_lora_weights.safetensors"))
+    assert synth.check_folder(folder, now) == 3  # extends it, instead of "a different run"
+    other = dict(now, generator_source=dict(source, lora="someone/other-lora", lora_file="x.safetensors"))
+    with pytest.raises(common.UserError, match="different run"):
+        synth.check_folder(folder, other)
