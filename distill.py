@@ -146,13 +146,17 @@ LOSSES = {  # --loss -> f(student_emb, teacher_emb, text_emb, rows, temperature,
 
 def training_batches(plan, teacher, cache, resolution, device, dist):
     """Batches ([student crops, teacher crops if the teacher runs online at another resolution], image index,
-    view index) for steps plan.start..plan.total-1 of this rank, rendered on `device`."""
-    args = plan.args
+    view index) for steps plan.start..plan.total-1 of this rank, on `device`."""
     resolutions = [resolution] if cache is not None or resolution == teacher.image_size \
         else [resolution, teacher.image_size]
     if plan.stage1:
-        return shards.shard_loader(plan.images.paths, resolutions, teacher, args, dist, plan.start, plan.total,
+        return shards.shard_loader(plan.images.paths, resolutions, teacher, plan.args, dist, plan.start, plan.total,
                                    device.type == "cuda")
+    return rendered_batches(plan, teacher, cache, resolutions, device, dist)
+
+
+def rendered_batches(plan, teacher, cache, resolutions, device, dist):
+    args = plan.args
     epoch_plan = functools.partial(views.plan_epoch, seed=args.seed, train_idx=plan.train_idx, cache=cache,
                                    image_sizes=plan.images.image_sizes, scale=args.crop_scale)
     for idx, view, boxes, flips in views.step_batches(epoch_plan, plan.start, plan.total, plan.steps_per_epoch,

@@ -254,8 +254,9 @@ def check_folder(folder, info, skip=()):
     old = common.read_json(path, "synth.json", keys=("per_class",))
     require(isinstance(old["per_class"], int), f"{path}: per_class is not a whole number; it was edited: restore it "
                                                f"(the images per class of that run) or use another --out")
-    if isinstance(old.get("generator_source"), dict) and "lora_file" not in old["generator_source"]:
-        old["generator_source"]["lora_file"] = info["generator_source"].get("lora_file")  # made before it was named
+    before, now = old.get("generator_source"), info["generator_source"]
+    if isinstance(before, dict) and "lora_file" in now and "lora_file" not in before:  # made before it was named
+        before["lora_file"] = now["lora_file"]
     diff = [f"{k}: {old.get(k)!r:.60} vs {info[k]!r:.60}" for k in IDENTITY
             if k not in skip and old.get(k) != info[k]]
     require(not diff, f"{folder} holds a different run ({'; '.join(diff)}); use another --out or delete it")
