@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import errno
@@ -65,8 +66,8 @@ def entrypoint(main):
 
 
 FS_ERRORS = {  # errno -> what to do; files are written atomically, so what was there before is intact
-    errno.ENOSPC: "free some space (or choose another --out), then rerun; --resume continues a run",
-    errno.EDQUOT: "free some space under your quota, then rerun; --resume continues a run",
+    errno.ENOSPC: "free some space (or choose another --out), then rerun the command (distill.py: add --resume)",
+    errno.EDQUOT: "free some space under your quota, then rerun the command (distill.py: add --resume)",
     errno.EROFS: "the file system is read-only: choose a writable folder",
     errno.EACCES: "no permission: choose a folder you can write to",
     errno.EPERM: "not permitted: choose a folder you can write to",
@@ -270,9 +271,11 @@ def atomic_write(path, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name the one we write
+            e.filename = str(path)
         raise
 
 
@@ -289,8 +292,12 @@ def append_jsonl(obj, path):
 
 
 def save_torch(obj, path):
+    """torch.save, atomically. Serialised in memory first: torch's zip writer reports a failed write (a full disk)
+    as a RuntimeError without the OS error, the plain file write below reports it as the OSError it is."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+        f.write(buffer.getbuffer())
 
 
 def prepare_out_dir(path, flag="--out", create=True):

@@ -347,7 +347,7 @@ def main(argv=None):
             class_text_emb=class_text_emb, extra={"args": dataclasses.asdict(args), "step": step}), out / "student.pt")
         print(f"wrote {out / 'student.pt'} (step {step})")
         try:  # the release format: an open_clip model (student image tower + the teacher's text tower)
-            print(f"wrote {export.export_open_clip(model, teacher, out / 'open_clip', overwrite=True)}")
+            export.export_open_clip(model, teacher, out / "open_clip", overwrite=True)  # prints what it wrote
         except UserError as e:  # e.g. a ViT at a size open_clip cannot build: student.pt still serves zeroshot.py
             print(f"warning: no open_clip export: {e}", file=sys.stderr)
         evaluate_run(plan, teacher, device)
