@@ -1,4 +1,4 @@
-"""Benchmarks and the headline table: model size and speed, training and generation
+"""Benchmarks, the one-call GPU check and the headline table: model size and speed, training and generation
 throughput, zero-shot evaluation speed against CLIP_benchmark, and the results table with a plot.
 
 Every sub-command prints a Markdown table a user can paste, headed by the environment (torch, device, dtype,
@@ -6,6 +6,8 @@ commit), and one JSON line last (machine-readable). Timing method: `--warmup` un
 calls (CUDA synchronised before each clock read), the median reported (bench_timing.py).
 
 Commands:
+  HF_HUB_OFFLINE=1 python bench.py gpu --out gpu_check   # one GPU, ~8 min: what a lent GPU must confirm (bench_gpu.py)
+  python bench.py gpu --tiny --device cpu --out /tmp/gpu_tiny   # the same check with tiny models on a CPU
   python bench.py models --quick                  # CPU, a few minutes: params, GFLOPs, img/s, latency
   python bench.py models --device cuda --compile  # GPU: fp32 and bf16, channels_last, torch.compile
   python bench.py zeroshot --quick                # zeroshot.py vs CLIP_benchmark on the same model and data
@@ -28,6 +30,7 @@ from typing import List, Optional
 
 import torch
 
+import bench_gpu
 import bench_table
 import common
 import domains
@@ -36,13 +39,13 @@ from bench_timing import (bench_train, count_flops, environment, generate, impor
                           measure_model, save_random_teacher, sync, time_call)
 from common import require
 
-SUBCOMMANDS = ("models", "zeroshot", "train", "synth", "table")
+SUBCOMMANDS = ("models", "zeroshot", "train", "synth", "table", "gpu")
 STUDENTS = ["tiny_vit_5m_224", "tiny_vit_11m_224", "tiny_vit_21m_224", "efficientnet_b0"]
 
 
 @dataclass
 class Args:
-    """Benchmarks and the headline table."""
+    """Benchmarks, the GPU check and the headline table."""
     command: str = field(default="models", metadata={"help": "sub-command", "choices": list(SUBCOMMANDS)})
     paths: List[str] = field(default_factory=list, metadata={"help": "table: result JSONs or folders"})
     # models
@@ -60,6 +63,12 @@ class Args:
     generator: Optional[str] = field(default=None, metadata={"help": "synth: diffusers pipeline (preset/id/dir)"})
     # table
     plot: Optional[str] = field(default=None, metadata={"help": "table: write a PNG plot here"})
+    # gpu
+    out: Optional[str] = field(default=None, metadata={"help": "gpu: folder for report.md, gpu.json and logs"})
+    tiny: bool = field(default=False, metadata={"help": "gpu: tiny models (CPU), the same code paths"})
+    parts: List[str] = field(default_factory=lambda: list(bench_gpu.PARTS), metadata={
+        "help": f"gpu: the parts to run ({', '.join(bench_gpu.PARTS)})"})
+    overwrite: bool = field(default=False, metadata={"help": "gpu: replace an existing report in --out"})
     # system
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
     workers: int = field(default=2, metadata={"help": "data loader processes (zeroshot, train)"})
@@ -219,6 +228,22 @@ def bench_synth(args, device):
 
 
 # ----------------------------------------------------------------------------------------------
+# gpu: the one-call check of a lent GPU (bench_gpu.py)
+
+def bench_gpu_check(args, device, argv):
+    require(args.out, "bench.py gpu needs --out DIR: the folder for report.md, gpu.json and the parts' logs")
+    require(args.tiny or device.type == "cuda", f"bench.py gpu runs the real model sizes and needs a CUDA GPU "
+                                                f"(--device {args.device} gave {device}); pass --tiny for a CPU")
+    unknown = sorted(set(args.parts) - set(bench_gpu.PARTS))
+    require(not unknown, f"unknown --parts {', '.join(unknown)}: choose from {', '.join(bench_gpu.PARTS)}")
+    out = common.prepare_out_dir(args.out, "--out")
+    existing = [str(out / f) for f in ("report.md", "gpu.json") if (out / f).exists()]
+    require(args.overwrite or not existing, f"{' and '.join(existing)} exist: pass --overwrite to replace them, "
+                                            f"or another --out")
+    return bench_gpu.run_check(args, device, argv)
+
+
+# ----------------------------------------------------------------------------------------------
 
 @common.entrypoint
 def main(argv=None):
@@ -242,11 +267,17 @@ def main(argv=None):
         variants = [("eager", False, None)] + ([("channels_last", True, None), (
             "torch.compile + channels_last", True, "inductor")] if args.compile else [])
         table, record = bench_train(args, device, variants)
+    elif command == "gpu":
+        table, record = bench_gpu_check(args, device, argv)
     else:
         table, record = bench_synth(args, device)
     head = f"{command} | {environment(device)}" + (" | --quick" if args.quick else "")
     print(f"**{head}**\n\n{table}\n")
     print(json.dumps({"command": command, "environment": environment(device), "record": record}, default=str))
+    if command == "gpu" and not record["passed"]:
+        failed = [f"{name} ({'; '.join(p['problems'])})" for name, p in record["parts"].items() if not p["passed"]]
+        print(f"gpu check failed: {', '.join(failed)}; see {Path(args.out) / 'report.md'}", file=sys.stderr)
+        raise SystemExit(1)
     return record
 
 

@@ -1,12 +1,14 @@
 """bench.py: the headline table from result JSONs with known numbers (each cell against a hand computation), bad
-result files, and the timing code at tiny sizes (no timing is asserted)."""
+result files, the GPU check at tiny sizes on the CPU, and the timing code at tiny sizes (no timing is asserted)."""
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import bench
+import bench_gpu
 import common
 import kit
 
@@ -93,6 +95,79 @@ def test_table_named_file_must_be_a_result(tmp_path, capsys):
 
 def test_table_without_results_fails(tmp_path, capsys):
     kit.exits_with_one_line(bench.main, ["table", str(tmp_path)], capsys, "no zeroshot result JSON")
+
+
+# ----------------------------------------------------------------------------------------------
+# the GPU check, at tiny sizes on the CPU
+
+def test_gpu_check_tiny_runs_every_part(tmp_path, capsys):
+    out = tmp_path / "check"
+    record = bench.main(["gpu", "--tiny", "--device", "cpu", "--out", str(out)])
+    assert record["passed"] and list(record["parts"]) == list(bench_gpu.PARTS)
+    saved = json.loads((out / "gpu.json").read_text())
+    assert saved["passed"] and saved["versions"]["torch"] == torch.__version__ and saved["date"]
+    parts = saved["parts"]
+    assert parts["synth"]["numbers"]["img/s batch 4 (2 steps, 64 px)"] > 0
+    assert parts["synth"]["numbers"]["synth.py img/s (37 images, batch 4)"] > 0
+    assert parts["zeroshot"]["numbers"]["top-1 agreement bf16 vs fp32 %"] == 100.0  # CPU: autocast is off
+    assert parts["zeroshot"]["numbers"]["max |predict logit - fp32 logit of the same bf16 embedding|"] <= 1e-4
+    assert parts["distill"]["numbers"]["img/s torch.compile (aot_eager) + channels_last: cached (default)"] > 0
+    assert parts["distill"]["numbers"]["data loader img/s (0 workers, 512 px PNG -> crop)"] > 0
+    first, last = map(float, parts["stage3"]["numbers"]["loss, first and last logged"].split(" -> "))
+    assert last < first
+    report = (out / "report.md").read_text()
+    assert "- result: all parts passed" in report and "## stage3: passed" in report
+    assert record["device"] in report and f"torch {torch.__version__}" in report
+    kit.exits_with_one_line(bench.main, ["gpu", "--tiny", "--device", "cpu", "--out", str(out)], capsys,
+                            "pass --overwrite")
+
+
+def test_gpu_check_failing_part_keeps_the_others(tmp_path, capsys, monkeypatch):
+    import synth
+
+    def broken(source, device):
+        raise RuntimeError("CUDA error: no kernel image is available")
+    monkeypatch.setattr(synth, "load_generator", broken)
+    out = tmp_path / "check"
+    with pytest.raises(SystemExit) as e:
+        bench.main(["gpu", "--tiny", "--device", "cpu", "--parts", "synth", "zeroshot", "--out", str(out)])
+    assert e.value.code == 1
+    assert "gpu check failed: synth (RuntimeError: CUDA error" in capsys.readouterr().err
+    saved = json.loads((out / "gpu.json").read_text())
+    assert not saved["passed"] and list(saved["parts"]) == ["synth", "zeroshot"]
+    assert saved["parts"]["synth"]["problems"] == ["RuntimeError: CUDA error: no kernel image is available"]
+    assert saved["parts"]["zeroshot"]["passed"] and saved["parts"]["zeroshot"]["numbers"]
+    assert "Traceback" in (out / "synth.log").read_text()
+    assert "## synth: FAILED" in (out / "report.md").read_text()
+
+
+def test_gpu_check_stops_a_part_at_twice_its_budget(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench_gpu.BUDGET_S, "zeroshot", 1)
+    monkeypatch.setitem(bench_gpu.CHECKS, "zeroshot", lambda sz, ctx, numbers, problems: (
+        numbers.update(started=1), time.sleep(30)))
+    ctx = bench_gpu.Context(None, torch.device("cpu"), tmp_path, tmp_path, bench_gpu.REAL)
+    t0 = time.perf_counter()
+    part = bench_gpu.run_part("zeroshot", bench_gpu.REAL, ctx)
+    assert time.perf_counter() - t0 < 10
+    assert part["problems"] == ["PartTimeout: stopped after 2 s"] and part["numbers"] == {"started": 1}
+
+
+def test_gpu_check_bad_input(tmp_path, capsys):
+    kit.exits_with_one_line(bench.main, ["gpu", "--device", "cpu", "--out", str(tmp_path)], capsys,
+                            "needs a CUDA GPU")
+    kit.exits_with_one_line(bench.main, ["gpu", "--tiny", "--device", "cpu"], capsys, "needs --out DIR")
+    kit.exits_with_one_line(bench.main, ["gpu", "--tiny", "--device", "cpu", "--parts", "synthesis", "--out",
+                                         str(tmp_path)], capsys, "unknown --parts synthesis")
+    (tmp_path / "file").write_text("")
+    kit.exits_with_one_line(bench.main, ["gpu", "--tiny", "--device", "cpu", "--out", str(tmp_path / "file")],
+                            capsys, "is a file, not a folder")
+
+
+def test_sd15_components_have_the_published_sizes():
+    unet, vae, text_encoder = bench_gpu.sd15_components("meta")  # no memory, no init: shapes only
+    counts = [sum(p.numel() for p in m.parameters()) for m in (unet, vae, text_encoder)]
+    assert counts == [859_520_964, 83_653_863, 123_060_480]  # SD-1.5's UNet, VAE, CLIP ViT-L/14 text tower
+    assert unet.config.sample_size * 8 == 512 and unet.config.cross_attention_dim == 768
 
 
 # ----------------------------------------------------------------------------------------------
