@@ -13,7 +13,7 @@ twice its budget is stopped), so one failing part keeps the others' numbers; the
             agreement on random images and a random classifier, and whether the logits are computed in fp32
   distill   [180 s] ViT-B-32 teacher -> tiny_vit_11m_224 student, 224 px, batch 256, bf16: training step img/s
             (cached, student only, --no-cache) eager, channels_last, torch.compile + channels_last; the teacher
-            cache build and the data loader with all host cores (bench_timing.bench_train)
+            cache build, the image store build and the data path (bench_timing.bench_train)
   stage3    [ 90 s] distill.main, 200 steps of batch 256 (--tiny: 40 of 8) on a generated synth.py-format folder,
             the ViT-B-32 random teacher saved as a local-dir folder: the loss falls and nothing is NaN
 Writes DIR/report.md, DIR/gpu.json and DIR/<part>.log (what the part printed, and the traceback of a failure).
@@ -221,7 +221,11 @@ def check_distill(sz, ctx, numbers, problems):
         numbers[f"first step s {variant}" + (" (compiles)" if "compile" in variant else "")] = steps["first_step_s"]
     numbers[f"teacher cache build img/s (fp32{', TF32' if ctx.device.type == 'cuda' else ''})"] = \
         record["cache_build_img_per_s"]
-    numbers[f"data loader img/s ({sz.workers} workers, 512 px PNG -> crop)"] = record["loader_img_per_s"]
+    data_ms = record["data_path_cpu_ms_per_img"]
+    numbers["data path CPU ms/img, PIL per image (before the store)"] = data_ms["pil"]
+    numbers["data path CPU ms/img, gather from the store"] = data_ms["gather"]
+    numbers[f"data path ms/img, gather + render on {ctx.device.type}"] = data_ms["render"]
+    numbers[f"image store build s per 1,000 images ({sz.workers} workers)"] = record["store_build_s_per_1000"]
 
 
 def check_stage3(sz, ctx, numbers, problems):

@@ -166,27 +166,30 @@ def write_smooth_pngs(folder, n, size=512, seed=0):
 
 
 def time_train_step(student_name, teacher, batch, device, warmup, runs, channels_last=False, compile_backend=None):
-    """Seconds of the three kinds of step (TRAIN_MODES) on one batch, taking turns in rotating order so that load
-    from other jobs hits all alike. batch: (crops (B, 3, S, S), image index (B,), view index (B,), cache emb)."""
-    crops, idx, view, cache_emb = batch
-    B = len(crops)
+    """Seconds of the three kinds of step (TRAIN_MODES), taking turns in rotating order so that load from other jobs
+    hits all alike. The cached and --no-cache steps include rendering their crops from the image store on `device`
+    (distill.py has no loader processes); the student-only step trains on crops made beforehand, the baseline.
+    batch: (render: () -> crops (B, 3, S, S) on device, image index (B,), view index (B,), cache emb)."""
+    render, idx, view, cache_emb = batch
+    x_ready = render()
+    B = len(x_ready)
     torch.manual_seed(0)
     student = models.build_student(student_name, teacher.embed_dim, image_size=teacher.image_size).to(device).train()
-    x = crops.to(device)
-    if channels_last:
-        student, x = student.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    student = student.to(memory_format=memory)
     forward = torch.compile(student, backend=compile_backend) if compile_backend else student
     optimizer = torch.optim.AdamW(student.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
     idx, view, cache_emb = idx.to(device), view.to(device), cache_emb.to(device)
     constant = torch.randn(B, teacher.embed_dim, device=device)
 
-    def target(mode):
+    def crops_and_target(mode):
+        if mode == TRAIN_MODES[0]:
+            return x_ready, constant
+        x = render().contiguous(memory_format=memory)
         if mode == "cached (default)":
-            return cache_emb[idx, view].float()
-        if mode == "--no-cache (teacher online)":
-            with torch.no_grad(), common.autocast(device):
-                return teacher.model.encode_image(x).float()
-        return constant
+            return x, cache_emb[idx, view].float()
+        with torch.no_grad(), common.autocast(device):
+            return x, teacher.model.encode_image(x).float()
 
     seconds, cpu = {m: [] for m in TRAIN_MODES}, {m: [] for m in TRAIN_MODES}  # CPU: this process's own work
     first_step = None
@@ -194,7 +197,7 @@ def time_train_step(student_name, teacher, batch, device, warmup, runs, channels
         for mode in TRAIN_MODES[r % 3:] + TRAIN_MODES[:r % 3]:
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
-            t_emb = target(mode)
+            x, t_emb = crops_and_target(mode)
             with common.autocast(device):
                 loss = distill.l2_loss(forward(x).float(), t_emb)
             optimizer.zero_grad(set_to_none=True)
@@ -212,19 +215,50 @@ def time_train_step(student_name, teacher, batch, device, warmup, runs, channels
             "cached_vs_no_cache": rate["cached (default)"] / rate["--no-cache (teacher online)"]}
 
 
+def time_data_path(images, resolution, mean, std, device, batch_size, n=32):
+    """CPU ms per image of the two data paths, on the same 512 px PNGs and crop boxes: the PIL path distill.py used
+    before the store (decode the file, crop and resize it: what each loader process did per image), and the store
+    path (gather from the memory-mapped store; render on `device`, batched). Median of 3 rounds."""
+    boxes, flips = views.draw_views(images.image_sizes, 1, torch.Generator().manual_seed(0))
+    boxes, flips, idx = boxes[:n, 0], flips[:n, 0], torch.arange(min(n, len(images.paths)))
+    rounds = {"pil": [], "gather": [], "render": []}
+    for _ in range(3):
+        c0 = time.process_time()
+        for i in idx.tolist():
+            with Image.open(images.root / images.paths[i]) as im:
+                views.make_crop(im.convert("RGB"), boxes[i].tolist(), bool(flips[i]), resolution, mean, std)
+        rounds["pil"].append(time.process_time() - c0)
+        c0 = time.process_time()
+        for j in range(0, len(idx), batch_size):
+            torch.from_numpy(images.store[images.store_rows[idx[j:j + batch_size]].numpy()])
+        rounds["gather"].append(time.process_time() - c0)
+        sync(device)
+        c0 = time.process_time()
+        for j in range(0, len(idx), batch_size):
+            views.render_views(images, idx[j:j + batch_size], boxes[j:j + batch_size], flips[j:j + batch_size],
+                               resolution, mean, std, device)
+        sync(device)
+        rounds["render"].append(time.process_time() - c0)
+    return {k: 1000 * statistics.median(v) / len(idx) for k, v in rounds.items()}
+
+
 def bench_train(args, device, variants=(("eager", False, None),)):
     """`bench.py train`: images/s of one training step with the teacher cache, with the teacher online (--no-cache)
-    and of the student alone (no teacher), on the same batch at the teacher's resolution, for each variant (label,
-    channels_last, torch.compile backend or None); plus the cache build and the data loader on 512 px PNGs.
-    `args`: bench.py's Args (teacher, students/student, batch_size, warmup, runs, workers).
-    Returns (Markdown table, record)."""
+    and of the student alone (no teacher), at the teacher's resolution, for each variant (label, channels_last,
+    torch.compile backend or None); the data path (PIL per image against the image store + batched crops); the
+    one-time store build and the teacher-cache build on 512 px PNGs.
+    `args`: bench.py's Args (teacher, students/student, batch_size, warmup, runs, workers). Returns (table, record)."""
     name, B = (args.student or args.students)[0], args.batch_size
     if device.type == "cuda":  # as distill.py runs: TF32 for the fp32 work (the cache build)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     with tempfile.TemporaryDirectory() as tmp:
         write_smooth_pngs(tmp, 4 * B)
-        images = views.load_images(tmp)
+        t0 = time.perf_counter()
+        images = views.load_images(tmp, workers=args.workers)  # decodes every image once into the store
+        store_s_per_1000 = 1000 * (time.perf_counter() - t0) / len(images.paths)
         teacher = models.load_teacher(args.teacher, None, device=device)  # random weights do for timing
+        S = teacher.image_size
+        data_ms = time_data_path(images, S, teacher.mean, teacher.std, device, B)
         run = distill.Args(views=1, batch_size=B, workers=args.workers)
         sync(device)
         t0 = time.perf_counter()
@@ -232,28 +266,38 @@ def bench_train(args, device, variants=(("eager", False, None),)):
                                   common.Dist(device=device), device, {})
         sync(device)
         cache_rate = len(images.paths) / (time.perf_counter() - t0)
-        plan = functools.partial(views.plan_epoch, seed=0, train_idx=torch.arange(4 * B), cache=cache,
-                                 image_sizes=images.image_sizes, scale=run.crop_scale)
-        loader = torch.utils.data.DataLoader(views.Views(images, [teacher.image_size], teacher.mean, teacher.std),
-                                             batch_sampler=views.step_batches(plan, 0, 12, 4, B, common.Dist()),
-                                             num_workers=args.workers)
-        batches = iter(loader)
-        (crops,), idx, view = next(batches)  # the loader's start-up is not timed
-        t0 = time.perf_counter()
-        loader_rate = sum(len(b[1]) for b in batches) / (time.perf_counter() - t0)
-    steps = {label: time_train_step(name, teacher, (crops, idx, view, cache["emb"]), device, args.warmup, args.runs,
-                                    channels_last, backend)
-             for label, channels_last, backend in variants}
-    dtype = "bf16 autocast" if device.type == "cuda" else "fp32"
+        idx, view, boxes, flips = next(views.step_batches(functools.partial(
+            views.plan_epoch, seed=0, train_idx=torch.arange(4 * B), cache=cache, image_sizes=images.image_sizes,
+            scale=run.crop_scale), 0, 1, 4, B, common.Dist()))
+
+        def render():
+            return views.render_views(images, idx, boxes, flips, S, teacher.mean, teacher.std, device)
+        steps = {label: time_train_step(name, teacher, (render, idx, view, cache["emb"]), device, args.warmup,
+                                        args.runs, channels_last, backend)
+                 for label, channels_last, backend in variants}
+    dtype = common.autocast_dtype(device)
     rows = [f"| {label} | {m} | {r:.2f} | {1000 * B / r:.0f} | {r / s['img_per_s'][TRAIN_MODES[0]]:.2f} | "
             f"{s['cpu_ms_per_img'][m]:.0f} |" for label, s in steps.items() for m, r in s["img_per_s"].items()]
-    table = "\n".join([f"training step: {name} <- {args.teacher} (random weights), {teacher.image_size} px, batch {B},"
-                       f" {dtype}", "", "| variant | step | img/s | ms/step | x student only | CPU ms/img |",
-                       "|---|---|---|---|---|---|", *rows, "",
-                       f"teacher cache build: {cache_rate:.1f} img/s | data loader (512 px PNG -> crop): "
-                       f"{loader_rate:.1f} img/s with {args.workers} workers "
-                       f"({loader_rate / max(1, args.workers):.1f} per worker)"])
-    record = {"student": name, "teacher": args.teacher, "image_size": teacher.image_size, "batch_size": B,
-              "dtype": dtype, "variants": steps, "cache_build_img_per_s": cache_rate,
-              "loader_img_per_s": loader_rate, "loader_workers": args.workers}
+    cores = os.cpu_count() or 1
+    data_rows = [
+        f"| PIL: decode the PNG, crop + resize (each loader process, per image) | {data_ms['pil']:.2f} | 1.0x | "
+        f"{cores * 1000 / data_ms['pil']:.0f} |",
+        f"| store: gather from the memory-mapped store (the CPU's part when crops render on a GPU) | "
+        f"{data_ms['gather']:.3f} | {data_ms['pil'] / data_ms['gather']:.0f}x | "
+        f"{1000 / data_ms['gather']:.0f} (one process) |",
+        f"| store: gather + render_views on {device.type} (batched roi_align) | {data_ms['render']:.2f} | "
+        f"{data_ms['pil'] / data_ms['render']:.1f}x | {'n/a' if device.type == 'cuda' else 'the training device'} |"]
+    table = "\n".join([
+        f"training step: {name} <- {args.teacher} (random weights), {S} px, batch {B}, {dtype}; crops rendered from "
+        f"the image store in the step (no loader processes)", "",
+        "| variant | step | img/s | ms/step | x student only | CPU ms/img |", "|---|---|---|---|---|---|", *rows, "",
+        f"data path, 512 px PNG -> {S} px crop, on this machine ({cores} cores):", "",
+        f"| path | CPU ms/img | less CPU than PIL | img/s ceiling with all {cores} cores |", "|---|---|---|---|",
+        *data_rows, "",
+        f"one-time costs: image store build {store_s_per_1000:.1f} s per 1,000 images with {args.workers} workers "
+        f"(one epoch of the PIL loader: {data_ms['pil']:.1f} s per 1,000 images per process) | teacher cache build "
+        f"{cache_rate:.1f} img/s"])
+    record = {"student": name, "teacher": args.teacher, "image_size": S, "batch_size": B, "dtype": dtype,
+              "variants": steps, "cache_build_img_per_s": cache_rate, "data_path_cpu_ms_per_img": data_ms,
+              "store_build_s_per_1000": store_s_per_1000, "workers": args.workers}
     return table, record

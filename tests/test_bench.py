@@ -112,7 +112,7 @@ def test_gpu_check_tiny_runs_every_part(tmp_path, capsys):
     assert parts["zeroshot"]["numbers"]["top-1 agreement bf16 vs fp32 %"] == 100.0  # CPU: autocast is off
     assert parts["zeroshot"]["numbers"]["max |predict logit - fp32 logit of the same bf16 embedding|"] <= 1e-4
     assert parts["distill"]["numbers"]["img/s torch.compile (aot_eager) + channels_last: cached (default)"] > 0
-    assert parts["distill"]["numbers"]["data loader img/s (0 workers, 512 px PNG -> crop)"] > 0
+    assert parts["distill"]["numbers"]["data path CPU ms/img, gather from the store"] > 0
     first, last = map(float, parts["stage3"]["numbers"]["loss, first and last logged"].split(" -> "))
     assert last < first
     report = (out / "report.md").read_text()
@@ -197,6 +197,7 @@ def test_train_timing_runs_tiny(tiny_teacher):
                            workers=0)
     table, record = bench.bench_train(args, torch.device("cpu"))
     assert "| eager | cached (default) |" in table and "| eager | --no-cache (teacher online) |" in table
-    assert record["student"] == "test_vit" and record["image_size"] == 64 and record["loader_img_per_s"] > 0
+    assert record["student"] == "test_vit" and record["image_size"] == 64 and record["store_build_s_per_1000"] > 0
+    assert set(record["data_path_cpu_ms_per_img"]) == {"pil", "gather", "render"}
     assert set(record["variants"]["eager"]["img_per_s"]) == {"student only (no teacher)", "cached (default)",
                                                              "--no-cache (teacher online)"}
