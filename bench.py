@@ -13,6 +13,7 @@ Commands:
   python bench.py zeroshot --quick                # zeroshot.py vs CLIP_benchmark on the same model and data
   python bench.py train --quick                   # training step: online teacher vs cache vs student alone
   python bench.py train --device cuda --compile   # GPU: also channels_last and torch.compile + channels_last
+  python bench.py store                           # the image store's R: crop fidelity (PSNR) and GiB per dataset
   python bench.py synth --generator PATH --quick  # synth.py vs a bare pipeline loop
   python bench.py table results/ runs/ --plot results/headline.png   # the headline table (bench_table.py)
 """
@@ -35,11 +36,11 @@ import bench_table
 import common
 import domains
 import models
-from bench_timing import (bench_train, count_flops, environment, generate, import_test_kit, markdown,
+from bench_timing import (bench_store, bench_train, count_flops, environment, generate, import_test_kit, markdown,
                           measure_model, save_random_teacher, sync, time_call)
 from common import require
 
-SUBCOMMANDS = ("models", "zeroshot", "train", "synth", "table", "gpu")
+SUBCOMMANDS = ("models", "zeroshot", "train", "store", "synth", "table", "gpu")
 STUDENTS = ["tiny_vit_5m_224", "tiny_vit_11m_224", "tiny_vit_21m_224", "efficientnet_b0"]
 
 
@@ -267,6 +268,8 @@ def main(argv=None):
         variants = [("eager", False, None)] + ([("channels_last", True, None), (
             "torch.compile + channels_last", True, "inductor")] if args.compile else [])
         table, record = bench_train(args, device, variants)
+    elif command == "store":
+        table, record = bench_store(args, device)
     elif command == "gpu":
         table, record = bench_gpu_check(args, device, argv)
     else:

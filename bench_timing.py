@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -301,3 +302,60 @@ def bench_train(args, device, variants=(("eager", False, None),)):
               "variants": steps, "cache_build_img_per_s": cache_rate, "data_path_cpu_ms_per_img": data_ms,
               "store_build_s_per_1000": store_s_per_1000, "workers": args.workers}
     return table, record
+
+
+# ----------------------------------------------------------------------------------------------
+# the image store's resolution R: memory per dataset against the fidelity of small crops
+
+PAPER_IMAGES = {"pets": 37, "flowers": 102, "cars": 196, "food101": 101, "dtd": 47, "fgvc_aircraft": 100}
+
+
+def write_natural_pngs(folder, n, size=512, seed=0):
+    """n size x size PNGs of 1/f noise: the power spectrum of natural photos (detail at every scale), so small crops
+    show what a lower store resolution loses; smooth test images would hide it."""
+    gen = torch.Generator().manual_seed(seed)
+    f = torch.fft.fftfreq(size).abs()
+    radius = (f[:, None] ** 2 + f[None, :] ** 2).sqrt().clamp(min=1 / size)
+    for i in range(n):
+        spectrum = torch.fft.fft2(torch.randn(3, size, size, generator=gen)) / radius  # amplitude ~ 1/f
+        img = torch.fft.ifft2(spectrum).real
+        img = (img - img.mean()) / (4 * img.std()) + 0.5
+        TF.to_pil_image(img.clamp(0, 1)).save(Path(folder) / f"{i:05d}.png")
+
+
+def bench_store(args, device, resolutions=(224, 256, 288, 384), scales=((0.08, 0.1), (0.2, 0.3), (0.9, 1.0)),
+                n_images=16, size=512):
+    """`bench.py store`: how far crops rendered from a store at R drift from crops of the full 512 px images (PSNR,
+    dB, per crop-area range), and what a store at R costs per dataset (265 images per class, uint8)."""
+    out = 224
+    psnr = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_natural_pngs(tmp, n_images, size)
+        full = views.load_images(tmp, store_size=size)
+        for lo, hi in scales:
+            boxes, flips = views.draw_views(full.image_sizes, 4, torch.Generator().manual_seed(1), (lo, hi))
+            idx = torch.arange(len(full.paths)).repeat_interleave(4)
+            boxes, flips = boxes.view(-1, 4), flips.view(-1)
+            ref = views.render_views(full, idx, boxes, flips, out, (0, 0, 0), (1, 1, 1), device)
+            for r in resolutions:
+                shutil.rmtree(Path(tmp) / "cache", ignore_errors=True)  # one store at a time
+                crops = views.render_views(views.load_images(tmp, store_size=r), idx, boxes, flips, out, (0, 0, 0),
+                                           (1, 1, 1), device)
+                mse = ((crops - ref) ** 2).mean(dim=(1, 2, 3))  # (n,), pixels in [0, 1]
+                psnr[(r, lo, hi)] = float((10 * torch.log10(1 / mse)).median())
+            shutil.rmtree(Path(tmp) / "cache", ignore_errors=True)
+            full = views.load_images(tmp, store_size=size)
+    rows = [f"| {r} | " + " | ".join(f"{psnr[(r, lo, hi)]:.1f}" for lo, hi in scales) + " | " +
+            " | ".join(f"{265 * c * r * r * 3 / 2**30:.1f}" for c in PAPER_IMAGES.values()) + " |"
+            for r in resolutions]
+    table = "\n".join([
+        f"image store resolution R: {out} px crops rendered from the store against crops of the {size} px originals "
+        f"(median PSNR in dB over {4 * n_images} crops of {n_images} images with a natural 1/f spectrum; higher is "
+        f"closer), and the "
+        f"store's size in GiB at 265 images per class", "",
+        "| R | " + " | ".join(f"PSNR, crop area {lo:g}-{hi:g}" for lo, hi in scales) + " | " +
+        " | ".join(f"GiB {d} ({265 * c:,} img)" for d, c in PAPER_IMAGES.items()) + " |",
+        "|---|" + "---|" * (len(scales) + len(PAPER_IMAGES)), *rows])
+    return table, {"psnr_db": {f"R{r} area {lo}-{hi}": v for (r, lo, hi), v in psnr.items()},
+                   "gib_per_dataset": {f"R{r} {d}": 265 * c * r * r * 3 / 2**30 for r in resolutions
+                                       for d, c in PAPER_IMAGES.items()}}

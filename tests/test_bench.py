@@ -201,3 +201,12 @@ def test_train_timing_runs_tiny(tiny_teacher):
     assert set(record["data_path_cpu_ms_per_img"]) == {"pil", "gather", "render"}
     assert set(record["variants"]["eager"]["img_per_s"]) == {"student only (no teacher)", "cached (default)",
                                                              "--no-cache (teacher online)"}
+
+
+def test_store_resolution_study_runs_tiny(monkeypatch):
+    table, record = bench.bench_store(SimpleNamespace(), torch.device("cpu"), resolutions=(64, 128),
+                                      scales=((0.08, 0.1), (0.9, 1.0)), n_images=4, size=256)
+    assert "| 64 |" in table and "| 128 |" in table
+    psnr = record["psnr_db"]
+    assert psnr["R128 area 0.08-0.1"] > psnr["R64 area 0.08-0.1"]  # a finer store keeps small crops closer
+    assert record["gib_per_dataset"]["R128 pets"] == pytest.approx(265 * 37 * 128 * 128 * 3 / 2**30)
