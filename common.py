@@ -83,6 +83,10 @@ def _unwrap_optional(tp):
     return tp, False
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows each flag's default and the script's docstring as written (its command lines intact)."""
+
+
 def parse_args(args_cls, argv=None, description=None):
     """Build an argparse parser from a dataclass and parse `argv` into an instance of it.
 
@@ -92,7 +96,7 @@ def parse_args(args_cls, argv=None, description=None):
     """
     hints = typing.get_type_hints(args_cls)
     parser = argparse.ArgumentParser(description=description or (args_cls.__doc__ or "").strip(),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_HelpFormatter)
     for f in dataclasses.fields(args_cls):
         tp, optional = _unwrap_optional(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
@@ -389,7 +393,7 @@ def class_folders(folder):
 
 
 def load_manifest(folder):
-    """Read a synth.py output folder (the format: README, "Files").
+    """Read a synth.py output folder (the format: docs/synth.md).
 
     folder/manifest.jsonl: one JSON object per image with keys path (relative to folder), label (class
     index), classname, prompt, seed, generator. folder/synth.json: the resolved run settings, with
