@@ -197,6 +197,44 @@ def checkpoint(model, optimizer, step, plan, device):
             "args": dataclasses.asdict(plan.args)}
 
 
+def describe_run(plan, teacher, model, resolution, dist):
+    """The start line (what trains on what, for how long, where) and the images that were skipped."""
+    args, images, device = plan.args, plan.images, dist.device
+    data = (f"{len(images.paths)} shards, streamed" if plan.stage1 else
+            f"{len(images.paths)} images ({len(plan.train_idx)} train, {len(plan.holdout)} held out)")
+    print(f"distill | {args.loss} | teacher {teacher.name} ({teacher.pretrained}) -> student {args.student} "
+          f"{resolution}px, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | {data} | "
+          f"{plan.total} steps of {args.batch_size} | device {device} {common.autocast_dtype(device)} | "
+          f"world {dist.world_size}")
+    for path, reason in images.skipped:
+        print(f"warning: skipped undecodable image {images.root / path} ({reason})")
+    if images.skipped:
+        print(f"warning: skipped {len(images.skipped)} undecodable images of {images.root}")
+
+
+def report_stream(plan, step, bad, dist):
+    """Stage 1: samples and undecodable samples of the whole run (a resumed run fast-forwards), to stream.json."""
+    if dist.is_main:
+        samples = step * plan.args.batch_size
+        print(f"stream: {samples} samples in {step} steps; skipped {bad} undecodable samples")
+        common.save_json({"samples": samples, "skipped": bad, "steps": step, "shards": len(plan.images.paths)},
+                         plan.out / "stream.json")
+
+
+def save_student(plan, model, teacher, classnames, templates, class_text_emb, step):
+    """student.pt (self-contained: zeroshot.py, --init) and open_clip/, the release format: the student as image
+    tower with the teacher's text tower. A student open_clip cannot build is one warning; student.pt still serves."""
+    out = plan.out
+    common.save_torch(models.student_checkpoint(
+        model, teacher, classnames=classnames, templates=templates, dataset=plan.dataset,
+        class_text_emb=class_text_emb, extra={"args": dataclasses.asdict(plan.args), "step": step}), out / "student.pt")
+    print(f"wrote {out / 'student.pt'} (step {step})")
+    try:
+        export.export_open_clip(model, teacher, out / "open_clip", overwrite=True)  # prints what it wrote
+    except UserError as e:  # e.g. a ViT at a size open_clip's timm tower cannot build
+        print(f"warning: no open_clip export: {e}", file=sys.stderr)
+
+
 def evaluate_run(plan, teacher, device):
     """Zero-shot accuracy of the final student.pt on --dataset's real test split (--eval-root) and on the held-out
     synthetic images (--holdout): the synthetic-to-real gap. Once, at the end: never used to pick a checkpoint."""
@@ -242,17 +280,8 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if dist.is_main:
-        common.save_json(dataclasses.asdict(args), out / "args.json")
-        data = (f"{len(images.paths)} shards, streamed" if plan.stage1 else
-                f"{len(images.paths)} images ({len(plan.train_idx)} train, {len(plan.holdout)} held out)")
-        print(f"distill | {args.loss} | teacher {teacher.name} ({teacher.pretrained}) -> student {args.student} "
-              f"{resolution}px, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | {data} | "
-              f"{plan.total} steps of {args.batch_size} | device {device} "
-              f"{common.autocast_dtype(device)} | world {dist.world_size}")
-        for path, reason in images.skipped:
-            print(f"warning: skipped undecodable image {images.root / path} ({reason})")
-        if images.skipped:
-            print(f"warning: skipped {len(images.skipped)} undecodable images of {images.root}")
+        common.save_json(dataclasses.asdict(args), out / "args.json")  # the first file a run writes
+        describe_run(plan, teacher, model, resolution, dist)
 
     # the targets: the teacher cache (built once per folder and teacher, reused by every run) and class prompts
     cache, class_text_emb, caption_emb = views.prepare_targets(images, teacher, classnames, templates, args, dist,
@@ -332,26 +361,14 @@ def main(argv=None):
                 common.save_torch(checkpoint(model, optimizer, step, plan, device), out / "last.pt")
             last_saved = step
 
-    # the end: last.pt, the self-contained student.pt, evaluation
+    # the end: last.pt, the student (student.pt and the open_clip folder), evaluation
     if plan.stage1:
-        bad = shards.count_skipped(skipped, dist, device)
-        if dist.is_main:
-            samples = step * args.batch_size  # the whole run, as steps and skipped (a resumed run fast-forwards)
-            print(f"stream: {samples} samples in {step} steps; skipped {bad} undecodable samples")
-            common.save_json({"samples": samples, "skipped": bad, "steps": step, "shards": len(images.paths)},
-                             out / "stream.json")
+        report_stream(plan, step, shards.count_skipped(skipped, dist, device), dist)
     if dist.enabled:
         torch.distributed.barrier()
     if dist.is_main:
         common.save_torch(checkpoint(model, optimizer, step, plan, device), out / "last.pt")
-        common.save_torch(models.student_checkpoint(
-            model, teacher, classnames=classnames, templates=templates, dataset=plan.dataset,
-            class_text_emb=class_text_emb, extra={"args": dataclasses.asdict(args), "step": step}), out / "student.pt")
-        print(f"wrote {out / 'student.pt'} (step {step})")
-        try:  # the release format: an open_clip model (student image tower + the teacher's text tower)
-            export.export_open_clip(model, teacher, out / "open_clip", overwrite=True)  # prints what it wrote
-        except UserError as e:  # e.g. a ViT at a size open_clip cannot build: student.pt still serves zeroshot.py
-            print(f"warning: no open_clip export: {e}", file=sys.stderr)
+        save_student(plan, model, teacher, classnames, templates, class_text_emb, step)
         evaluate_run(plan, teacher, device)
     common.cleanup_distributed()
     return out
