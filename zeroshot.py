@@ -161,9 +161,12 @@ class ZeroShotModel:
                                          self.encoder).parameters())
         if self.student_ckpt is None:
             trunk = getattr(getattr(self.encoder, "visual", None), "trunk", None)  # an exported student
-            if trunk is not None:
+            if trunk is not None:  # distill.py's <run>/open_clip: the run's args.json says how it was trained
+                run = Path(self.teacher.name[len("local-dir:"):]).parent / "args.json"
+                args = common.read_json(run, "args.json") if run.is_file() else {}
                 return {"kind": "student", "arch": getattr(trunk, "pretrained_cfg", {}).get("architecture"),
-                        "teacher": self.teacher.ident, "image_params": params}
+                        "teacher": self.teacher.ident, "image_params": params, "loss": args.get("loss"),
+                        "data": args.get("data")}
             return {"kind": "teacher", "arch": self.teacher.name, "pretrained": self.teacher.pretrained,
                     "image_params": params}
         args = self.student_ckpt.get("args") or {}
@@ -409,7 +412,8 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
             "templates": templates, "n": len(labels), "metrics": compute_metrics(logits, labels),
             "source": source, "split": split if source == "real" else None, "skipped": len(broken),
             "num_classes": len(classnames), "model_info": zs.info(),
-            "images_per_s": round(len(labels) / max(seconds, 1e-9), 2)}
+            "images_per_s": round(len(labels) / max(seconds, 1e-9), 2),
+            "precision": "bf16" if amp and common.autocast_dtype(device) != "fp32" else "fp32"}  # the image tower
 
 
 def check_out(out, overwrite):

@@ -460,6 +460,7 @@ def test_run_exports_an_open_clip_model_that_evaluates_like_student_pt(tiny_teac
     same = ("acc1", "mean_per_class_recall")  # acc5 is NaN with 3 classes
     assert [a["metrics"][k] for k in same] == [b["metrics"][k] for k in same]
     assert b["model"] == "run" and b["model_info"]["kind"] == "student"
+    assert (b["model_info"]["arch"], b["model_info"]["loss"]) == ("test_efficientnet", "l2")  # from the run's args
     # a ViT at a size open_clip cannot build: the run still ends well, with one warning line
     distill.main(run_args(synth, tiny_teacher, tmp_path / "vit", steps=1))
     assert "warning: no open_clip export" in capsys.readouterr().err
