@@ -56,6 +56,13 @@ def entrypoint(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130)
+        except RuntimeError as e:  # a loader process killed for want of shared memory (Docker's 64 MB /dev/shm)
+            if "shared memory" not in str(e) and "Bus error" not in str(e):
+                raise
+            print(f"error: a data loader process ran out of shared memory ({str(e).splitlines()[0][:120]}): give the "
+                  f"container more (docker run --ipc=host or --shm-size 8g), or pass fewer --workers or a smaller "
+                  f"--batch-size", file=sys.stderr)
+            raise SystemExit(2)
         except OSError as e:  # the file system said no mid-run (disk full, read-only, permissions): one line
             if e.errno not in FS_ERRORS:
                 raise

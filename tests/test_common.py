@@ -5,6 +5,7 @@ from typing import List, Optional
 import pytest
 
 import common
+import kit
 import models
 
 
@@ -194,3 +195,19 @@ def test_hub_probe_bad_proxy_port_is_one_error(online, monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:80x")
     with pytest.raises(common.UserError, match="no valid port"):
         models.hub_offline()
+
+
+def test_a_loader_out_of_shared_memory_is_one_line_with_the_fix(capsys):
+    @common.entrypoint
+    def main(argv=None):  # torch's own message when a worker dies of a full /dev/shm
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Bus error. It is possible that "
+                           "dataloader's workers are out of shared memory. Please try to raise your shared memory "
+                           "limit.")
+    line = kit.exits_with_one_line(main, [], capsys, "--ipc=host")
+    assert "fewer --workers" in line
+
+    @common.entrypoint
+    def other(argv=None):
+        raise RuntimeError("some other failure")
+    with pytest.raises(RuntimeError):
+        other([])
