@@ -573,3 +573,22 @@ def test_an_image_replaced_by_one_of_the_same_size_rebuilds_the_teacher_cache(ti
     capsys.readouterr()
     distill.main(run_args(folder, tiny_teacher, tmp_path / "b", steps=1))
     assert "teacher cache: built" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["synth.json is a list", "synth.json is not UTF-8", "synth.json classnames",
+                                  "manifest is not UTF-8", "manifest line is not JSON"])
+def test_broken_folder_files_are_one_line(case, tiny_teacher, synth, tmp_path, capsys):
+    broken, content, expect = {
+        "synth.json is a list": ("synth.json", b"[1, 2]", "holds a JSON list, not a JSON object"),
+        "synth.json is not UTF-8": ("synth.json", '{"per_class": "caf\xe9"}'.encode("latin-1"), "is not UTF-8"),
+        "synth.json classnames": ("synth.json", b'{"per_class": 8, "classnames": 3}', "not a list of names"),
+        "manifest is not UTF-8": ("manifest.jsonl", b'{"path": "\xff"}\n', "is not UTF-8"),
+        "manifest line is not JSON": ("manifest.jsonl", b'{"path": "images/000/00000.png", "label": 0}\n{oops\n',
+                                      "manifest.jsonl:2 is not valid JSON"),
+    }[case]
+    (synth / broken).write_bytes(content)
+    fails(run_args(synth, tiny_teacher, tmp_path / "x"), capsys, expect)
+    assert not (tmp_path / "x").exists()
+    kit.exits_with_one_line(zeroshot.main, ["--model", tiny_teacher, "--dataset", str(synth), "--out",
+                                            str(tmp_path / "r.json")], capsys, expect)
+    assert not (tmp_path / "r.json").exists()
