@@ -382,7 +382,7 @@ def class_folders(folder):
 
 
 def load_manifest(folder):
-    """Read a synth.py output folder (DESIGN.md).
+    """Read a synth.py output folder (the format: README, "Files").
 
     folder/manifest.jsonl: one JSON object per image with keys path (relative to folder), label (class
     index), classname, prompt, seed, generator. folder/synth.json: the resolved run settings, with

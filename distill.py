@@ -64,6 +64,8 @@ class Args:
     cache: bool = field(default=True, metadata={"help": "--no-cache: run the teacher online on fresh augmentations"})
     cache_seed: int = field(default=0, metadata={"help": "seed of the cached views (independent of --seed)"})
     crop_scale: Tuple[float, float] = field(default=(0.08, 1.0), metadata={"help": "RandomResizedCrop area range"})
+    store_size: int = field(default=288, metadata={
+        "help": "R: the image store keeps every training image decoded at R x R (at most its own size)"})
     image_size: int = field(default=0, metadata={"help": "student input size; 0: the teacher's resolution"})
     holdout: float = field(default=0.0, metadata={"help": "share of synthetic images kept out of training, "
                                                           "evaluated at the end (synthetic-to-real gap)"})
@@ -93,7 +95,8 @@ class Args:
     resume: bool = field(default=False, metadata={"help": "continue from <out>/last.pt"})
     seed: int = field(default=0, metadata={"help": "student init, data order, fresh augmentations"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda|cuda:N|mps"})
-    workers: int = field(default=8, metadata={"help": "data loader processes per rank"})
+    workers: int = field(default=8, metadata={"help": "processes that decode the images into the store once; "
+                                                                  "stage 1: shard loader processes per rank"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the student"})
     save_every: int = field(default=500, metadata={"help": "write last.pt every N steps (and at the end)"})
     log_every: int = field(default=50, metadata={"help": "one log line every N steps"})
@@ -143,19 +146,24 @@ LOSSES = {  # --loss -> f(student_emb, teacher_emb, text_emb, rows, temperature,
 
 def training_batches(plan, teacher, cache, resolution, device, dist):
     """Batches ([student crops, teacher crops if the teacher runs online at another resolution], image index,
-    view index) for steps plan.start..plan.total-1 of this rank."""
-    args = plan.args
+    view index) for steps plan.start..plan.total-1 of this rank, on `device`."""
     resolutions = [resolution] if cache is not None or resolution == teacher.image_size \
         else [resolution, teacher.image_size]
-    pin = device.type == "cuda"
     if plan.stage1:
-        return shards.shard_loader(plan.images.paths, resolutions, teacher, args, dist, plan.start, plan.total, pin)
+        return shards.shard_loader(plan.images.paths, resolutions, teacher, plan.args, dist, plan.start, plan.total,
+                                   device.type == "cuda")
+    return rendered_batches(plan, teacher, cache, resolutions, device, dist)
+
+
+def rendered_batches(plan, teacher, cache, resolutions, device, dist):
+    args = plan.args
     epoch_plan = functools.partial(views.plan_epoch, seed=args.seed, train_idx=plan.train_idx, cache=cache,
                                    image_sizes=plan.images.image_sizes, scale=args.crop_scale)
-    keys = views.step_batches(epoch_plan, plan.start, plan.total, plan.steps_per_epoch, args.batch_size, dist)
-    return torch.utils.data.DataLoader(views.Views(plan.images, resolutions, teacher.mean, teacher.std),
-                                       batch_sampler=keys, num_workers=args.workers, pin_memory=pin,
-                                       generator=views.seeded_generator("loader", args.seed))
+    for idx, view, boxes, flips in views.step_batches(epoch_plan, plan.start, plan.total, plan.steps_per_epoch,
+                                                      args.batch_size, dist):
+        crops = [views.render_views(plan.images, idx, boxes, flips, s, teacher.mean, teacher.std, device)
+                 for s in resolutions]  # (b, 3, S, S) each: gathered from the store, cropped on the device
+        yield crops, idx, view
 
 
 # ----------------------------------------------------------------------------------------------

@@ -143,7 +143,7 @@ CLASSNAMES = {
     ],
 }
 
-# One zero-shot template per dataset, from PAPER.md ("Zero-shot evaluation"); "{c}" is the class name.
+# One zero-shot template per dataset, as the paper evaluates; "{c}" is the class name.
 PAPER_TEMPLATES = {
     "pets": ["a photo of a {c}, a type of pet."],
     "flowers": ["a photo of a {c}, a type of flower."],
@@ -178,7 +178,7 @@ CLIP_BENCHMARK_TEMPLATES = {
     ],
 }
 
-# One-word superclass per dataset (PAPER.md "Synthetic data": the LLM's superclass), used in prompts.
+# One-word superclass per dataset (the paper's LLM names one per class), used in prompts.
 SUPERCLASS = {
     "pets": "pet",
     "flowers": "flower",
@@ -188,7 +188,7 @@ SUPERCLASS = {
     "fgvc_aircraft": "aircraft",
 }
 
-# Prompt-slot vocabulary (PAPER.md "Synthetic data": location, time of day, a domain slot, camera angle).
+# Prompt-slot vocabulary (the paper's attributes: location, time of day, a domain slot, camera angle).
 # Written for this repo as fixed domain-level lists of 15 options each, instead of per-class LLM output;
 # the domain slot is pose (pets), colour (flowers, cars, aircraft), serving (food) or material (textures).
 PROMPT_SLOTS = {

@@ -251,7 +251,7 @@ def load_student(path, device="cpu"):
 
 def student_checkpoint(model, teacher, classnames=None, templates=None, dataset=None, class_text_emb=None,
                        extra=None):
-    """The self-contained student.pt dict (DESIGN.md): everything zeroshot.py needs to run it."""
+    """The self-contained student.pt dict: everything zeroshot.py needs to run it."""
     model = getattr(model, "module", model)          # unwrap DDP
     model = getattr(model, "_orig_mod", model)       # unwrap torch.compile
     ckpt = {

@@ -22,10 +22,10 @@ import views
 from common import UserError, require
 
 # args that change the trajectory: --resume refuses to continue when one differs
-ESSENTIAL = ("data", "dataset", "views", "cache", "cache_seed", "crop_scale", "image_size", "holdout", "teacher",
-             "teacher_pretrained", "student", "student_pretrained", "init", "loss", "alpha", "temperature", "text",
-             "batch_size", "lr", "schedule", "warmup", "seed")
-DEFAULTS_BEFORE = {"text": "class"}  # what a run started before an essential arg existed did
+ESSENTIAL = ("data", "dataset", "views", "cache", "cache_seed", "crop_scale", "store_size", "image_size", "holdout",
+             "teacher", "teacher_pretrained", "student", "student_pretrained", "init", "loss", "alpha", "temperature",
+             "text", "batch_size", "lr", "schedule", "warmup", "seed")
+DEFAULTS_BEFORE = {"text": "class", "store_size": 288}  # what a run started before an essential arg existed did
 
 
 @dataclass
@@ -64,7 +64,9 @@ def plan_run(args, dist):
     require(args.batch_size % dist.world_size == 0,
             f"--batch-size {args.batch_size} must split evenly across {dist.world_size} ranks")
     stage1 = shards.is_shards(args.data)
-    images = shards.load_shards(args.data) if stage1 else views.load_images(args.data)
+    require(args.store_size >= 16, "--store-size must be >= 16 (pixels)")
+    images = shards.load_shards(args.data) if stage1 else views.load_images(args.data, args.store_size, args.workers,
+                                                                              dist)
     if stage1:
         require(args.loss == "l2", f"--loss {args.loss} on shards: stage 1 uses the L2 loss (captions are unused)")
         require(args.steps > 0, "shards are streamed: give the length of the run as --steps N (one pass: "

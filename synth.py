@@ -9,13 +9,16 @@ read. Image n of class c comes from its own seed, derived from (--seed, c, n); a
   # CPU smoke run on the tiny random pipeline of the tests (no download)
   python tests/kit_diffusers.py /tmp/tiny_sd
   python synth.py --dataset pets --per-class 2 --generator /tmp/tiny_sd --steps 2 --size 32 --out /tmp/synth
-  # one GPU, the paper's generator (DreamShaper-7 + LCM-LoRA, 6 steps, 512 px), 265 images per class
+  # one GPU, the paper's generator (DreamShaper-7 + LCM-LoRA, 6 steps, 512 px, float16), 265 images per class
   python synth.py --dataset pets
+  # prompts with an LLM's words per class (written once to OUT/pets/attributes.json, see llm_attributes.py)
+  python synth.py --dataset pets --prompts llm --llm Qwen/Qwen2.5-1.5B-Instruct
   # several GPUs on one machine (each rank takes every world_size-th batch), or independent jobs
   torchrun --nproc_per_node=4 synth.py --dataset food101 --generator sdxl-lcm
   python synth.py --dataset cars --shard 0/2   # and --shard 1/2 elsewhere, same --out
 """
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +27,7 @@ import random
 import re
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -34,8 +38,9 @@ from PIL import Image
 from tqdm import tqdm
 
 import common
-import models
 import domains
+import llm_attributes
+import models
 from common import UserError, require
 
 try:
@@ -58,37 +63,38 @@ class Args:
         "help": "--prompts llm: instruction-tuned causal LM (hub id or folder) that writes the attribute options"})
     out: str = field(default="data/synth", metadata={"help": "images go to OUT/DATASET/"})
     format: str = field(default="png", metadata={"help": "png (lossless) | jpg (quality 95, several times smaller)"})
-    save_size: Optional[int] = field(default=None, metadata={"help": "store images resized to this short side "
-                                                                     "(None: as generated)"})
+    save_size: Optional[int] = field(default=None, metadata={"help": "store images resized to this short side"})
     # generator
     generator: str = field(default="sd15-lcm", metadata={"help": "preset (sd15-lcm, sdxl-lcm, sd-turbo, sdxl-turbo),"
                                                                  " hub id ORG/NAME or a local diffusers folder"})
-    steps: Optional[int] = field(default=None, metadata={"help": "denoising steps (None: the preset's; 25 for "
-                                                                 "other models)"})
-    guidance: Optional[float] = field(default=None, metadata={"help": "guidance scale (None: the preset's; 7.5 for "
-                                                                      "other models)"})
+    steps: Optional[int] = field(default=None, metadata={"help": "denoising steps (None: the preset's, else 25)"})
+    guidance: Optional[float] = field(default=None, metadata={"help": "guidance scale (None: the preset's, else 7.5)"})
     size: Optional[int] = field(default=None, metadata={"help": "image side in px (None: the preset's, else the "
                                                                 "model's native size)"})
     seed: int = field(default=0, metadata={"help": "image n of class c uses a seed derived from (seed, c, n)"})
     # system
-    batch_size: int = field(default=8, metadata={"help": "images per pipeline call; keep it fixed across reruns "
-                                                         "for byte-identical files"})
+    batch_size: int = field(default=8, metadata={"help": "images per pipeline call (keep it: byte-identical reruns)"})
     shard: str = field(default="0/1", metadata={"help": "i/n: this job makes every n-th batch, from the i-th"})
     writers: int = field(default=4, metadata={"help": "background threads that encode and save images"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N | mps"})
+    dtype: str = field(default="auto", metadata={"help": "auto (float16 on CUDA, float32 elsewhere) | float16 | "
+                                                         "bfloat16 | float32 (for a model that overflows in float16)"})
     dry_run: bool = field(default=False, metadata={"help": "print the prompts and counts, generate nothing"})
 
 
 # All through diffusers' AutoPipelineForText2Image. LCM: LoRA-distilled, few steps, low guidance (<= 1 means
-# no classifier-free guidance pass); turbo: adversarially distilled, 1-4 steps, guidance 0.
+# no classifier-free guidance pass); turbo: adversarially distilled, 1-4 steps, guidance 0. The LoRA's file is
+# named: offline, diffusers cannot list a hub repo's files to guess it.
+LCM_LORA_FILE = "pytorch_lora_weights.safetensors"
 PRESETS = {
-    "sd15-lcm": dict(model="Lykon/dreamshaper-7", lora="latent-consistency/lcm-lora-sdv1-5", steps=6, guidance=0.5,
-                     size=512),
+    "sd15-lcm": dict(model="Lykon/dreamshaper-7", lora="latent-consistency/lcm-lora-sdv1-5", lora_file=LCM_LORA_FILE,
+                     steps=6, guidance=0.5, size=512),
     "sdxl-lcm": dict(model="stabilityai/stable-diffusion-xl-base-1.0", lora="latent-consistency/lcm-lora-sdxl",
-                     steps=6, guidance=0.5, size=1024),
-    "sd-turbo": dict(model="stabilityai/sd-turbo", lora=None, steps=1, guidance=0.0, size=512),
-    "sdxl-turbo": dict(model="stabilityai/sdxl-turbo", lora=None, steps=1, guidance=0.0, size=512),
+                     lora_file=LCM_LORA_FILE, steps=6, guidance=0.5, size=1024),
+    "sd-turbo": dict(model="stabilityai/sd-turbo", lora=None, lora_file=None, steps=1, guidance=0.0, size=512),
+    "sdxl-turbo": dict(model="stabilityai/sdxl-turbo", lora=None, lora_file=None, steps=1, guidance=0.0, size=512),
 }
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 OTHER_DEFAULTS = dict(steps=25, guidance=7.5)  # hub ids and folders: diffusers' usual SD settings, fewer steps
 # synth.json keys that decide the pixels or the prompts: a folder whose values differ holds a different run.
 IDENTITY = ("dataset", "classnames", "generator", "generator_source", "steps", "guidance", "size", "prompts",
@@ -134,133 +140,6 @@ def make_prompts(dataset, classnames, per_class, mode, seed, attributes=None):
     return prompts
 
 
-# ----------------------------------------------------------------------------------------------
-# --prompts llm: an instruction-tuned LM writes each class's attribute options (PAPER.md: the authors used
-# Llama-2-7b-chat). Answers are parsed strictly; a class whose answer stays malformed after a few seeded
-# retries falls back to domains.py's words. The result is written once to attributes.json and reused.
-
-LLM_RETRIES = 3      # attempts per (class, attribute) before falling back to domains.py's words
-LLM_MAX_WORDS = 6    # an option longer than this is prose, not a phrase
-SLOT_QUESTIONS = {   # what each attribute asks for; {x} = "a <class name>, a type of <superclass>"
-    "location": "places or settings where a photo of {x} could be taken",
-    "time": "times of day, seasons or lighting conditions for a photo of {x}",
-    "pose": "poses or activities of {x} that a photo could show",
-    "colour": "colours or colour combinations that {x} can have",
-    "serving": "ways {x} can be served or presented on a table",
-    "material": "objects or surfaces on which {x} texture can appear",
-    "angle": "camera angles or shot types for a photo of {x}",
-}
-NUMBERED = re.compile(r"^\s*\(?(\d{1,2})\s*[.):]\s*(.*?)\s*$")  # "1. x", "1) x", "(1) x", "1: x"
-ALLOWED = re.compile(r"^[a-z0-9][a-z0-9 ,'&/-]*$")
-
-
-def parse_options(text, n, max_words=LLM_MAX_WORDS):
-    """The first n distinct options of a numbered list, or None if the answer has fewer than n usable ones.
-
-    Lines that are not numbered (a chatty preamble, a closing remark) are ignored; a numbered item is
-    dropped if it is empty, longer than max_words words, or holds anything but plain words (prose,
-    markup, a sentence with a colon); duplicates (case-insensitive) are dropped.
-    """
-    items = []
-    for line in text.splitlines():
-        m = NUMBERED.match(line)
-        if not m:
-            continue
-        item = m.group(2).strip(" \t\"'`*_.;,!").lower()  # markup, quotes, end punctuation
-        if not item or len(item.split()) > max_words or not ALLOWED.match(item) or item in items:
-            continue
-        items.append(item)
-    return items[:n] if len(items) >= n else None
-
-
-def parse_word(text):
-    """A one-word answer ("dog"), lower-cased, or None."""
-    words = re.findall(r"[A-Za-z]+", text.strip().splitlines()[0] if text.strip() else "")
-    return words[0].lower() if len(words) == 1 and len(words[0]) <= 20 else None
-
-
-def load_llm(llm_id, device):
-    """Tokenizer and causal LM from a hub id or a local folder; offline misses fail in seconds."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    if not os.path.isdir(llm_id) and models.hub_offline():
-        require(models.in_hub_cache(llm_id, "config.json"),
-                f"LLM {llm_id} is not in the local Hugging Face cache and the hub cannot be reached (offline): "
-                f"download it once with internet, or pass --llm /path/to/a/local/model/folder")
-    import transformers
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    kwargs = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": dtype}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(llm_id)
-        model = AutoModelForCausalLM.from_pretrained(llm_id, **kwargs).to(device).eval()
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not load LLM {llm_id}: {str(e).splitlines()[0][:200]}") from None
-    return tokenizer, model
-
-
-def ask_llm(tokenizer, model, question, seed, max_new_tokens=160):
-    """One sampled answer to one question (seeded, so a rerun asks and gets the same)."""
-    messages = [{"role": "user", "content": question}]
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = question + "\n"
-    inputs = tokenizer(text, return_tensors="pt").to(model.device)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        out = model.generate(**inputs, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=max_new_tokens,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-def write_attributes(args, classnames, path, device):
-    """Ask the LLM for every class's attribute options once; attributes.json is reused ever after."""
-    if path.is_file():
-        try:
-            attributes = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise UserError(f"{path} is not valid JSON; delete it to ask the LLM again") from None
-        require(attributes.get("llm") == args.llm and attributes.get("seed") == args.seed
-                and list(attributes.get("classes", {})) == list(classnames),
-                f"{path} was written by {attributes.get('llm')} (seed {attributes.get('seed')}) for other settings; "
-                f"use another --out, or delete it to ask {args.llm} again")
-        return attributes
-    slots = list(domains.PROMPT_SLOTS[args.dataset])
-    n = len(domains.PROMPT_SLOTS[args.dataset][slots[0]])  # as many options as the built-in lists (15)
-    tokenizer, model = load_llm(args.llm, device)
-    classes, fallback = {}, {}
-    for c, name in enumerate(tqdm(classnames, desc="LLM attributes", unit="class")):
-        x = f"a {name}, a type of {domains.SUPERCLASS[args.dataset]}"
-        entry = {"superclass": None}
-        for attempt in range(LLM_RETRIES):
-            entry["superclass"] = parse_word(ask_llm(
-                tokenizer, model, f"In one word, what kind of thing is a {name}? Answer with the single word only.",
-                seed=image_seed(args.seed, c, f"llm/superclass/{attempt}"), max_new_tokens=8))
-            if entry["superclass"]:
-                break
-        entry["superclass"] = entry["superclass"] or domains.SUPERCLASS[args.dataset]
-        for slot in slots:
-            options = None
-            for attempt in range(LLM_RETRIES):
-                question = (f"List {n} different {SLOT_QUESTIONS[slot].format(x=x)}. Answer with a numbered list "
-                            f"only: one short phrase of at most {LLM_MAX_WORDS} words per line, no explanations.")
-                answer = ask_llm(tokenizer, model, question, image_seed(args.seed, c, f"llm/{slot}/{attempt}"))
-                options = parse_options(answer, n)
-                if options:
-                    break
-            if options is None:
-                options = list(domains.PROMPT_SLOTS[args.dataset][slot])
-                fallback.setdefault(name, []).append(slot)
-            entry[slot] = options
-        classes[name] = entry
-    del model, tokenizer  # free the LLM before the diffusion model is loaded, so both fit one GPU
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    attributes = {"llm": args.llm, "seed": args.seed, "retries": LLM_RETRIES, "classes": classes,
-                  "fallback": fallback}
-    common.save_json(attributes, path)
-    return attributes
-
-
 def image_seed(seed, c, n):
     """63-bit seed of image n of class c: a hash, so nearby (c, n) get unrelated noise."""
     digest = hashlib.sha256(f"{seed}/{c}/{n}".encode()).digest()
@@ -275,14 +154,14 @@ def resolve_generator(spec, check_cache=True):
                 f"{path} is not a diffusers pipeline folder (no model_index.json); save one with save_pretrained")
         return str(path.resolve()), dict(model=str(path.resolve()), lora=None)
     if spec in PRESETS:
-        name, source = spec, {k: PRESETS[spec][k] for k in ("model", "lora")}
+        name, source = spec, {k: PRESETS[spec][k] for k in ("model", "lora", "lora_file")}
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         name, source = spec, dict(model=spec, lora=None)
     else:
         raise UserError(f"unknown generator '{spec}': use a preset ({', '.join(PRESETS)}), a hub id ORG/NAME or a "
                         f"local diffusers pipeline folder")
     if check_cache and models.hub_offline():
-        for repo, file in ((source["model"], "model_index.json"), (source["lora"], "pytorch_lora_weights.safetensors")):
+        for repo, file in ((source["model"], "model_index.json"), (source["lora"], source.get("lora_file"))):
             if repo and not models.in_hub_cache(repo, file):
                 raise UserError(f"generator {spec}: {repo} is not in the local Hugging Face cache and the hub cannot "
                                 f"be reached (offline). Run once with internet, or `hf download {repo} --local-dir "
@@ -290,15 +169,20 @@ def resolve_generator(spec, check_cache=True):
     return name, source
 
 
-def load_generator(source, device):
-    """The diffusers pipeline on `device`: fp16 on CUDA, fp32 elsewhere, safety checker off, LCM-LoRA fused."""
+def load_generator(source, device, dtype=None):
+    """The diffusers pipeline on `device` in `dtype` (None: float16 on CUDA, float32 elsewhere; float16 also runs on
+    a CPU, which is how the tests cover the GPU path), safety checker off, LCM-LoRA fused."""
     import diffusers
     from diffusers import AutoPipelineForText2Image, LCMScheduler
     from diffusers.utils import deprecation_utils
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    import huggingface_hub
     import transformers
     for lib in (diffusers, transformers):  # "Loading pipeline components / weights" bars: noise on stderr
         lib.utils.logging.disable_progress_bar()
+    for lib in (diffusers, huggingface_hub):  # "using the cached commit", "no LoRA keys for the text encoder": too
+        lib.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks")  # diffusers passes a deprecated argument
     kwargs = {}
     if dtype != torch.float32:  # newer diffusers renamed torch_dtype to dtype (and warn on the old name)
         kwargs["dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"] = dtype
@@ -308,7 +192,7 @@ def load_generator(source, device):
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         pipe = AutoPipelineForText2Image.from_pretrained(source["model"], **kwargs)
         if source["lora"]:
-            pipe.load_lora_weights(source["lora"])
+            pipe.load_lora_weights(source["lora"], weight_name=source.get("lora_file"))  # offline needs the name
             pipe.fuse_lora()  # merge into the base weights, then drop the LoRA layers: no per-step overhead
             pipe.unload_lora_weights()
             pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
@@ -318,6 +202,48 @@ def load_generator(source, device):
     return pipe.to(device), dtype
 
 
+def make_images(pipe, batch, prompts, seed, steps, guidance, size):
+    """One pipeline call for a batch [(c, n), ...] -> (B, H, W, 3) float images in [0, 1], none of them NaN, and
+    how many had to be decoded again in float32. A NaN image would be saved as a black one by uint8 conversion."""
+    final = {}
+
+    def keep_latents(pipe, step, t, tensors):  # the last step's latents are what the pipeline decodes
+        final["latents"] = tensors["latents"]
+        return tensors
+    # Per-image CPU generators: the noise of image (c, n) is the same on any device, batch or rank.
+    generators = [torch.Generator().manual_seed(image_seed(seed, c, n)) for c, n in batch]
+    images = pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                  generator=generators, output_type="np", callback_on_step_end=keep_latents,
+                  callback_on_step_end_tensor_inputs=["latents"]).images  # (B, H, W, 3)
+    bad = [i for i, image in enumerate(images) if not np.isfinite(image).all()]
+    if bad:
+        first, dtype = "image {:03d}/{:05d}".format(*batch[bad[0]]), pipe.unet.dtype
+        require(torch.isfinite(final["latents"][bad]).all(), f"the generator's denoiser returned NaN for {first} in "
+                f"{str(dtype)[6:]}: {'check the model files' if dtype == torch.float32 else 'pass --dtype float32'}"
+                f"; no image of this batch was saved, the files before it are kept")
+        images[bad] = decode_in_float32(pipe, final["latents"][bad])
+        require(np.isfinite(images).all(), f"the generator's VAE returned NaN for {first} even in float32: check "
+                f"the model's files (re-download it); no image of this batch was saved, the files before it are kept")
+    return images, len(bad)
+
+
+def decode_in_float32(pipe, latents):
+    """(b, 4, h, w) final latents -> (b, H, W, 3) images in [0, 1], decoded as the pipeline does but with the VAE in
+    float32: a float16 VAE can overflow to NaN (SDXL's is the known case), and float32 is diffusers' own fix."""
+    vae, dtype = pipe.vae, pipe.vae.dtype
+    vae.to(torch.float32)  # for this call only: float16 -> float32 -> float16 is exact
+    mean, std = (getattr(vae.config, k, None) for k in ("latents_mean", "latents_std"))
+    latents = latents.float() / vae.config.scaling_factor
+    if mean is not None and std is not None:  # as the SDXL pipeline unscales such VAEs' latents
+        latents = latents * latents.new_tensor(std).view(1, -1, 1, 1) + latents.new_tensor(mean).view(1, -1, 1, 1)
+    with torch.no_grad():
+        decoded = vae.decode(latents, return_dict=False)[0]  # (b, 3, H, W) in [-1, 1]
+    vae.to(dtype)
+    if getattr(pipe, "watermark", None) is not None:  # SDXL's, when invisible-watermark is installed
+        decoded = pipe.watermark.apply_watermark(decoded)
+    return pipe.image_processor.postprocess(decoded, output_type="np")
+
+
 def check_folder(folder, info, skip=()):
     """Refuse a folder that holds a different run; return the per-class count to record (extensions grow it)."""
     path = folder / "synth.json"
@@ -325,10 +251,12 @@ def check_folder(folder, info, skip=()):
         require(not (folder / "images").exists() and not (folder / "manifest.jsonl").exists(),
                 f"{folder} holds images but no synth.json, so not a synth.py run; use another --out")
         return info["per_class"]
-    try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is not valid JSON; use another --out or delete the folder") from None
+    old = common.read_json(path, "synth.json", keys=("per_class",))
+    require(isinstance(old["per_class"], int), f"{path}: per_class is not a whole number; it was edited: restore it "
+                                               f"(the images per class of that run) or use another --out")
+    before, now = old.get("generator_source"), info["generator_source"]
+    if isinstance(before, dict) and "lora_file" in now and "lora_file" not in before:  # made before it was named
+        before["lora_file"] = now["lora_file"]
     diff = [f"{k}: {old.get(k)!r:.60} vs {info[k]!r:.60}" for k in IDENTITY
             if k not in skip and old.get(k) != info[k]]
     require(not diff, f"{folder} holds a different run ({'; '.join(diff)}); use another --out or delete it")
@@ -351,7 +279,6 @@ def scan_images(folder, num_classes, per_class, ext):
 
 def write_manifest(folder, done, record):
     """Rewrite manifest.jsonl from the files on disk (sorted by class, image), atomically and under a lock."""
-    folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as lock:
         if fcntl:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -375,10 +302,8 @@ def save_image(array, path, fmt, save_size):
 
 class Writer:
     """Threads that save images (PNG/JPEG encoding releases the GIL) while the accelerator makes the next batch.
-
     Each image is renamed into place first, then (single writer only) its manifest line is appended with one
-    O_APPEND write, so the manifest never names a missing file. The first error is re-raised by put()/check().
-    """
+    O_APPEND write, so the manifest never names a missing file. The first error is re-raised by put()/check()."""
 
     def __init__(self, folder, threads, fmt, save_size, manifest_fd=None, max_queued=16):
         self.folder, self.fmt, self.save_size, self.fd = folder, fmt, save_size, manifest_fd
@@ -419,15 +344,12 @@ class Writer:
 @common.entrypoint
 def main(argv=None):
     args = common.parse_args(Args, argv)
-    require(args.dataset in domains.DATASETS, f"unknown dataset '{args.dataset}': use one of "
-                                              f"{', '.join(domains.DATASETS)}")
-    require(args.per_class >= 1, f"--per-class must be at least 1 (got {args.per_class})")
-    require(args.prompts in ("diverse", "simple", "llm"),
-            f"--prompts must be diverse, simple or llm (got '{args.prompts}')")
-    require(args.format in ("png", "jpg"), f"--format must be png or jpg (got '{args.format}')")
-    require(args.batch_size >= 1 and args.writers >= 1, "--batch-size and --writers must be at least 1")
-    for name in ("steps", "size", "save_size"):
-        require(getattr(args, name) is None or getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
+    for flag, allowed in (("dataset", domains.DATASETS), ("prompts", ("diverse", "simple", "llm")),
+                          ("format", ("png", "jpg")), ("dtype", ("auto", *DTYPES))):
+        require(getattr(args, flag) in allowed, f"--{flag} must be {' | '.join(allowed)} (got '{getattr(args, flag)}')")
+    for flag in ("per_class", "batch_size", "writers", "steps", "size", "save_size"):  # None: the default
+        value = getattr(args, flag)
+        require(value is None or value >= 1, f"--{flag.replace('_', '-')} must be at least 1 (got {value})")
     shard = re.fullmatch(r"(\d+)/(\d+)", args.shard)
     require(shard and int(shard[1]) < int(shard[2]), f"--shard must be i/n with 0 <= i < n (got '{args.shard}')")
     classnames = list(domains.CLASSNAMES[args.dataset])
@@ -436,23 +358,20 @@ def main(argv=None):
     steps = args.steps or preset["steps"]
     guidance = args.guidance if args.guidance is not None else preset["guidance"]
 
+    num_classes, folder = len(classnames), Path(args.out) / args.dataset
+    if not args.dry_run or args.prompts == "llm":  # an unusable --out fails now, before any model is loaded
+        common.prepare_out_dir(args.out)
+        common.prepare_out_dir(folder)
+    dist = common.setup_distributed(args.device) if not args.dry_run else common.Dist()
+    attributes = None
+    if args.prompts == "llm":  # rank 0 asks the LLM once (or reuses attributes.json); other ranks wait for the file
+        attributes = llm_attributes.get_attributes(
+            folder / "attributes.json", args.llm, args.dataset, classnames, args.seed,
+            common.pick_device(args.device) if args.dry_run else dist.device, is_main=dist.is_main)
+    prompts = make_prompts(args.dataset, classnames, args.per_class, args.prompts, args.seed, attributes)
     # Work unit = a batch of the global order i = n * num_classes + c (image-major, so a larger --per-class only
     # appends). Batch k always holds the same images and goes to part k % parts: batched kernels round differently
     # for other batch compositions, so fixed batches make shards, ranks and restarts byte-identical.
-    num_classes, folder = len(classnames), Path(args.out) / args.dataset
-    dist = common.setup_distributed(args.device) if not args.dry_run else common.Dist()
-    attributes = None
-    if args.prompts == "llm":  # rank 0 asks the LLM once; everyone then reads attributes.json
-        path = folder / "attributes.json"
-        if dist.is_main:
-            attributes = write_attributes(args, classnames, path, common.pick_device(args.device))
-            fell_back = ", ".join(f"{c} ({'/'.join(s)})" for c, s in attributes["fallback"].items())
-            print(f"attributes: {path} ({args.llm}); fell back to domains.py words for "
-                  f"{len(attributes['fallback'])} of {len(classnames)} classes{': ' + fell_back if fell_back else ''}")
-        if dist.enabled:
-            torch.distributed.barrier()
-        attributes = attributes or json.loads(path.read_text())
-    prompts = make_prompts(args.dataset, classnames, args.per_class, args.prompts, args.seed, attributes)
     parts, part = int(shard[2]) * dist.world_size, int(shard[1]) * dist.world_size + dist.rank
     total = num_classes * args.per_class
     batches = [[divmod(i, num_classes)[::-1] for i in range(k, min(k + args.batch_size, total))]
@@ -470,7 +389,8 @@ def main(argv=None):
                 vocabulary={"diverse": domains.PROMPT_SLOTS[args.dataset], "simple": None,
                             "llm": attributes and attributes["classes"]}[args.prompts], version=1)
     check_folder(folder, info, skip=() if info["size"] else ("size",))  # before the slow load
-    pipe, dtype = load_generator(source, dist.device)
+    pipe, dtype = (load_generator(source, dist.device) if args.dtype == "auto"  # its default: float16 on CUDA only
+                   else load_generator(source, dist.device, DTYPES[args.dtype]))
     size = info["size"] = info["size"] or pipe.unet.config.sample_size * pipe.vae_scale_factor  # native size
     info["per_class"] = check_folder(folder, info)
     # Every process writes it (same identity; rank 0 may still be loading when rank 1 saves its first image), before
@@ -481,9 +401,7 @@ def main(argv=None):
         return {"path": f"images/{c:03d}/{n:05d}.{args.format}", "label": c, "classname": classnames[c],
                 "prompt": prompts[c][n], "seed": image_seed(args.seed, c, n), "generator": gen_name}
 
-    def scan():
-        return scan_images(folder, num_classes, args.per_class, args.format)
-
+    scan = functools.partial(scan_images, folder, num_classes, args.per_class, args.format)  # () -> {(c, n)} on disk
     mine = {item for batch in batches for item in batch}
     for c in {c for c, _ in mine}:  # temp files of a killed run, in this part's share only (others may be live)
         for tmp in (folder / "images" / f"{c:03d}").glob(".*.tmp"):
@@ -501,17 +419,20 @@ def main(argv=None):
           f"{guidance}, {size} px | {dist.device} {str(dtype)[6:]} | part {part}/{parts}: {todo} to make, "
           f"{len(mine) - todo} on disk")
 
-    t0, written = time.time(), 0
+    t0, written, redecoded = time.time(), 0, 0
     writer = Writer(folder, args.writers, args.format, args.save_size, manifest_fd, max_queued=2 * args.batch_size)
-    bar = tqdm(total=todo, unit="img", disable=not dist.is_main or todo == 0, dynamic_ncols=True)
+    # disable=None: the bar shows on a terminal only, not in log files (nor between a run's output and its error)
+    bar = tqdm(total=todo, unit="img", disable=None if dist.is_main and todo else True, dynamic_ncols=True)
     try:
         for batch in batches:
             if all(item in done for item in batch):
                 continue
-            # Per-image CPU generators: the noise of image (c, n) is the same on any device, batch or rank.
-            generators = [torch.Generator().manual_seed(image_seed(args.seed, c, n)) for c, n in batch]
-            images = pipe(prompt=[prompts[c][n] for c, n in batch], num_inference_steps=steps, guidance_scale=guidance,
-                          height=size, width=size, generator=generators, output_type="np").images  # (B, H, W, 3)
+            images, fixed = make_images(pipe, batch, [prompts[c][n] for c, n in batch], args.seed, steps, guidance,
+                                        size)  # (B, H, W, 3)
+            if fixed and not redecoded:
+                tqdm.write(f"note: the VAE overflowed to NaN in {str(dtype)[6:]}; such images are decoded again in "
+                           f"float32")
+            redecoded += fixed
             if written == 0 and dist.device.type == "cuda":
                 print(f"peak GPU memory {torch.cuda.max_memory_allocated(dist.device) / 2**30:.1f} GiB at "
                       f"batch size {len(batch)}")
@@ -532,7 +453,8 @@ def main(argv=None):
     listed = write_manifest(folder, scan, record)  # sorted; with several parts, the last one to finish lists all
     seconds = time.time() - t0
     print(f"done{f' (rank {dist.rank})' if dist.enabled else ''}: wrote {written}, skipped {len(mine) - todo}, "
-          f"{seconds:.2f} s ({written / max(seconds, 1e-9):.2f} img/s); {folder / 'manifest.jsonl'} lists {listed}")
+          f"{seconds:.2f} s ({written / max(seconds, 1e-9):.2f} img/s); {folder / 'manifest.jsonl'} lists {listed}"
+          f"{f'; {redecoded} decoded again in float32' if redecoded else ''}")
     common.cleanup_distributed()
 
 

@@ -1,4 +1,4 @@
-"""Training views for distill.py: the image list, crop boxes, crop rendering and the teacher cache.
+"""Training views for distill.py: the image store, crop boxes, crop rendering and the teacher cache.
 
 A *view* of training image i is a RandomResizedCrop box (top, left, height, width) plus a horizontal flip. The
 teacher cache (<data>/cache/<teacher>-K<views>-<key>.pt) holds K views per image, drawn once from their own seeded
@@ -6,37 +6,46 @@ generator, and the frozen teacher's embedding of each: (N, K, D) fp16. A trainin
 renders that same crop for the student, so the cached embedding is the teacher's embedding of exactly the pixels
 the student sees, and the teacher never runs during training.
 
-  load_images    the training images (synth.py folder or plain folder), each decoded once and checked; the
-                 undecodable ones are skipped, named and counted
-  draw_views     k crop boxes + flips per image, vectorised, torchvision's RandomResizedCrop rule
-  make_crop      render one view of a PIL image
-  prepare_targets  the teacher cache (read, or built under a lock) and the class-prompt text embeddings
+Images are decoded once: the image store (<data>/cache/images-<key>.u8, memory-mapped, (N, R, R, 3) uint8, with
+a JSON record) holds every training image resized to R x R. A step gathers its images from the store, moves them
+to the training device and renders all crops and flips there in one batched call (`render_views`); the teacher
+cache is built through the same function. No loader processes, no per-step decoding.
+
+  load_images      the training images, decoded once into the store; undecodable ones are skipped and named
+  draw_views       k crop boxes + flips per image, vectorised, torchvision's RandomResizedCrop rule
+  render_views     the crops of a batch, on the device (roi_align: bilinear, averaging when it shrinks)
+  make_crop        one view of a PIL image (stage 1's shard stream, which is read once)
+  prepare_targets  the teacher cache (read, or built under a lock) and the text embeddings
   plan_epoch, step_batches  which image and view each rank sees at each step: pure functions of (seed, step)
 """
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
+import numpy as np
 import torchvision.transforms.functional as TF
 from PIL import Image
+from torchvision.ops import roi_align
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
 import common
 import zeroshot
-from common import UserError, require
+from common import require
 
 try:
     import fcntl  # one writer per cache folder: a second run waits, then reuses what the first built (POSIX)
 except ImportError:  # pragma: no cover
     fcntl = None
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: views rendered from the image store by roi_align (1: PIL bicubic from the files)
+STORE_VERSION = 1
 MAX_BAD_SHARE = 0.01  # more undecodable images than this share and the folder is refused, not trained on
 
 
@@ -54,6 +63,8 @@ class ImageSet:
     digest: str                      # paths, labels and file sizes: part of the cache metadata
     skipped: tuple = ()              # (relative path, reason) of the images that did not decode
     prompts: Optional[list] = None   # each image's diffusion prompt (manifest.jsonl), for --text caption
+    store: Optional[np.ndarray] = None  # (N_all, R, R, 3) uint8, memory-mapped: every decodable image, resized
+    store_rows: Optional[torch.Tensor] = None  # (N,) row of each kept image in the store
 
 
 def seeded_generator(*key):
@@ -61,40 +72,12 @@ def seeded_generator(*key):
     return torch.Generator().manual_seed(int(common.fingerprint(list(key)), 16))
 
 
-def check_images(root, paths, what):
-    """Decode every image once: ([(width, height) or None], [(path, reason)] of those that fail). The answer is
-    stored in <root>/cache/check-<key>.json, keyed by names, sizes and mtimes, so a rerun does not pay again."""
-    stats = []
-    for p in paths:
-        try:
-            st = (root / p).stat()
-            stats.append([st.st_size, st.st_mtime_ns])
-        except OSError:
-            stats.append(None)
-    record = root / "cache" / f"check-{common.fingerprint([paths, stats])}.json"
-    if record.is_file():
-        with contextlib.suppress(UserError):
-            saved = common.read_json(record, "image check", keys=("sizes",))
-            if len(saved["sizes"]) == len(paths):
-                return [tuple(s) if s else None for s in saved["sizes"]], [tuple(b) for b in saved["bad"]]
-    sizes, bad = [], []
-    for p in tqdm(paths, desc=f"checking {what}", unit="img", disable=None, leave=False):
-        try:
-            with Image.open(root / p) as im:
-                im.load()  # a full decode: a truncated file fails here, not at step N of a run
-                sizes.append(im.size)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, unidentified, bad header; missing
-            sizes.append(None)
-            bad.append((p, (str(e).splitlines() or [type(e).__name__])[0][:100]))
-    with contextlib.suppress(OSError):  # a read-only data folder only loses the shortcut
-        common.save_json({"sizes": sizes, "bad": bad}, record)
-    return sizes, bad
-
-
-def load_images(data):
-    """The training images: a synth.py folder (labels from manifest.jsonl) or any image folder (no labels).
-    Every image is decoded once (cached); those that fail are skipped and named, and more than MAX_BAD_SHARE of
-    them is a one-line error."""
+def load_images(data, store_size=288, workers=0, dist=None):
+    """The training images: a synth.py folder (labels and prompts from manifest.jsonl) or any image folder (no
+    labels). Each image is decoded once into the image store (rank 0, under the cache lock; reused while names,
+    sizes and mtimes are unchanged). Undecodable images are skipped and named; more than MAX_BAD_SHARE of them is
+    a one-line error."""
+    dist = dist or common.Dist()
     root = Path(data).expanduser().resolve()
     require(root.is_dir(), f"--data {data} does not exist: pass a synth.py output folder or an image folder")
     labels = classnames = dataset = prompts = None
@@ -106,17 +89,105 @@ def load_images(data):
         paths = common.list_images(root)
     require(paths, f"--data {root} holds no images ({', '.join(common.IMAGE_EXTS)} files or a synth.py "
                    f"manifest.jsonl)")
-    sizes, bad = check_images(root, paths, root.name)
+    record, store = open_store(root, paths, store_size, workers, dist)
+    bad = [tuple(b) for b in record["bad"]]
     named = ", ".join(f"{p} ({why})" for p, why in bad[:3])
     require(len(bad) <= MAX_BAD_SHARE * len(paths), f"{len(bad)} of {len(paths)} images in {root} do not decode "
                                                     f"(first: {named}): repair or remove them")
-    keep = [i for i, s in enumerate(sizes) if s is not None]
-    paths, sizes = [paths[i] for i in keep], [sizes[i] for i in keep]
+    keep = [i for i, s in enumerate(record["sizes"]) if s is not None]
+    sizes = [record["sizes"][i] for i in keep]
+    rows = torch.tensor([record["rows"][i] for i in keep], dtype=torch.long)
+    paths = [paths[i] for i in keep]
     labels = torch.tensor([labels[i] for i in keep]) if labels is not None else None
     prompts = [prompts[i] for i in keep] if prompts is not None else None
     nbytes = [(root / p).stat().st_size for p in paths]
     digest = common.fingerprint([paths, None if labels is None else labels.tolist(), nbytes])
-    return ImageSet(root, paths, labels, classnames, dataset, torch.tensor(sizes), digest, tuple(bad), prompts)
+    return ImageSet(root, paths, labels, classnames, dataset, torch.tensor(sizes), digest, tuple(bad), prompts,
+                    store, rows)
+
+
+class DecodeForStore(torch.utils.data.Dataset):
+    """Image i -> (i, (R, R, 3) uint8 array or None, (width, height) or None, reason): one full decode."""
+
+    def __init__(self, root, paths, resolution):
+        self.root, self.paths, self.resolution = root, paths, resolution
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            with Image.open(self.root / self.paths[i]) as im:
+                im.load()  # a truncated file fails here, not at step N of a run
+                size, im = im.size, im.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, unidentified, bad header; missing
+            return i, None, None, (str(e).splitlines() or [type(e).__name__])[0][:100]
+        if im.size != (self.resolution,) * 2:  # R x R: boxes are rescaled per axis when a crop is rendered
+            im = im.resize((self.resolution,) * 2, Image.BILINEAR)  # antialiased when it shrinks
+        return i, np.array(im, dtype=np.uint8), size, None
+
+
+def open_store(root, paths, store_size, workers, dist):
+    """(record, memory-mapped store) of these images: {"resolution", "sizes", "rows", "bad"}. Built by rank 0
+    under the cache lock on the first run over the folder (or after any image changed); other ranks wait."""
+    stats = []
+    for p in paths:
+        with contextlib.suppress(OSError):
+            st = (root / p).stat()
+            stats.append([st.st_size, st.st_mtime_ns])
+            continue
+        stats.append(None)
+    key = common.fingerprint([STORE_VERSION, store_size, paths, stats])
+    folder = root / "cache"
+    record_path, store_path = folder / f"images-{key}.json", folder / f"images-{key}.u8"
+    with cache_lock(folder, dist):
+        if dist.is_main and not (record_path.is_file() and store_path.is_file()):
+            build_store(root, paths, store_size, workers, record_path, store_path)
+    if dist.enabled:
+        torch.distributed.barrier()
+    record = common.read_json(record_path, "image store record", keys=("resolution", "sizes", "rows", "bad"))
+    r, n = record["resolution"], max(record["rows"] + [-1]) + 1
+    store = np.memmap(store_path, dtype=np.uint8, mode="r", shape=(n, r, r, 3)) if n else None
+    return record, store
+
+
+def build_store(root, paths, store_size, workers, record_path, store_path):
+    """Decode every image once (loader processes in parallel) into an (N, R, R, 3) uint8 file, R = the smaller of
+    store_size and the largest image side; written to a temp file and renamed, then its record."""
+    sizes = []
+    for p in paths:  # headers only: cheap, and R must be known before the decode
+        try:
+            with Image.open(root / p) as im:
+                sizes.append(im.size)
+        except (OSError, ValueError, SyntaxError):
+            sizes.append(None)
+    resolution = min(store_size, max([max(s) for s in sizes if s] or [1]))
+    good = [i for i, s in enumerate(sizes) if s]
+    rows = {i: r for r, i in enumerate(good)}
+    tmp = store_path.with_name(f".{store_path.name}.{os.getpid()}.tmp")
+    store = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(max(1, len(good)), resolution, resolution, 3))
+    loader = torch.utils.data.DataLoader(DecodeForStore(root, [paths[i] for i in good], resolution), batch_size=None,
+                                         num_workers=workers)
+    bad = [(paths[i], "not an image") for i, s in enumerate(sizes) if not s]
+    try:
+        for j, pixels, size, reason in tqdm(loader, desc=f"image store {resolution}px", unit="img", disable=None):
+            i = good[j]
+            if pixels is None:
+                sizes[i] = None
+                bad.append((paths[i], reason))
+            else:
+                store[rows[i]], sizes[i] = pixels.numpy() if torch.is_tensor(pixels) else pixels, size
+        store.flush()
+        del store
+        os.replace(tmp, store_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    for old in root.glob("cache/images-*"):  # stores of an older image list: never read again
+        if old not in (record_path, store_path):
+            old.unlink(missing_ok=True)
+    common.save_json({"resolution": resolution, "sizes": sizes, "rows": [rows.get(i, -1) for i in range(len(paths))],
+                      "bad": sorted(bad)}, record_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,10 +222,28 @@ def draw_views(image_sizes, k, gen, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), tri
     return torch.stack([top, left, h, w], -1).int(), flips
 
 
+def render_views(images, idx, boxes, flips, resolution, mean, std, device):
+    """The crops of a batch, rendered on `device` in one call: images idx (b,) gathered from the store, boxes
+    (b, 4) of (top, left, h, w) in the images' own pixels, flips (b,) -> (b, 3, resolution, resolution),
+    normalised with the teacher's mean and std. roi_align samples bilinearly and averages several samples per
+    output pixel where the crop shrinks (an antialiased bilinear resize, as the authors' PIL crops)."""
+    pixels = torch.from_numpy(images.store[images.store_rows[idx].numpy()])  # (b, R, R, 3) uint8, from the mmap
+    pixels = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float()  # (b, 3, R, R)
+    r = pixels.shape[-1]
+    scale = r / images.image_sizes[idx].double()  # (b, 2): store pixels per image pixel, x and y
+    top, left, h, w = boxes.double().unbind(-1)
+    rois = torch.stack([torch.arange(len(idx), dtype=torch.double), left * scale[:, 0], top * scale[:, 1],
+                        (left + w) * scale[:, 0], (top + h) * scale[:, 1]], -1)  # (b, 5): index, x1, y1, x2, y2
+    crops = roi_align(pixels, rois.float().to(device), resolution, aligned=True) / 255  # (b, 3, S, S) in [0, 1]
+    crops = torch.where(flips.to(device).view(-1, 1, 1, 1), crops.flip(-1), crops)
+    mean, std = (torch.tensor(m, device=device).view(1, 3, 1, 1) for m in (mean, std))
+    return (crops - mean) / std
+
+
 def make_crop(image, box, flip, size, mean, std):
-    """One view of a PIL image: crop box (top, left, h, w), bicubic resize to size x size, flip, normalise."""
+    """One view of a PIL image: crop box (top, left, h, w), bilinear resize to size x size, flip, normalise."""
     top, left, h, w = box
-    image = TF.resized_crop(image, top, left, h, w, [size, size], InterpolationMode.BICUBIC, antialias=True)
+    image = TF.resized_crop(image, top, left, h, w, [size, size], InterpolationMode.BILINEAR, antialias=True)
     if flip:
         image = TF.hflip(image)
     return TF.normalize(TF.to_tensor(image), mean, std)  # (3, size, size)
@@ -187,8 +276,8 @@ def cache_metadata(images, teacher, args):
     folder rewrites the same file instead of piling up new ones."""
     meta = {"version": CACHE_VERSION, "teacher": teacher.weights_key(), "views": args.views, "seed": args.cache_seed,
             "resolution": teacher.image_size, "transform": {"crop": "RandomResizedCrop", "scale": args.crop_scale,
-            "ratio": [3 / 4, 4 / 3], "interpolation": "bicubic", "flip": 0.5, "mean": teacher.mean,
-            "std": teacher.std}, "images": images.digest, "n": len(images.paths)}
+            "ratio": [3 / 4, 4 / 3], "interpolation": "roi_align bilinear", "store": images.store.shape[1],
+            "flip": 0.5, "mean": teacher.mean, "std": teacher.std}, "images": images.digest, "n": len(images.paths)}
     meta = json.loads(json.dumps(meta))  # tuples -> lists, as they come back from disk
     name = Path(teacher.name.split(":")[-1]).name.replace("/", "_")
     key = common.fingerprint({k: v for k, v in meta.items() if k not in ("images", "n")})
@@ -231,15 +320,14 @@ def build_cache(path, meta, images, teacher, args, dist, device, text):
                               args.crop_scale)
     n, k_views = len(images.paths), args.views
     mine = list(range(dist.rank, n, dist.world_size))
-    keys = [(i, k, boxes[i, k].tolist(), bool(flips[i, k])) for i in mine for k in range(k_views)]
-    batches = [keys[j:j + args.batch_size] for j in range(0, len(keys), args.batch_size)]
-    loader = torch.utils.data.DataLoader(Views(images, [teacher.image_size], teacher.mean, teacher.std),
-                                         batch_sampler=batches, num_workers=args.workers,
-                                         generator=seeded_generator("cache"))  # not the run's global stream
+    pairs = torch.tensor([(i, k) for i in mine for k in range(k_views)], dtype=torch.long).view(-1, 2)
     emb = torch.zeros(n, k_views, teacher.embed_dim, dtype=torch.float16)  # (N, K, D)
     with torch.no_grad():  # fp32 (TF32 on GPU): the cache is built once and read by every later run
-        for (crops,), idx, view in tqdm(loader, desc="teacher cache", disable=None if dist.is_main else True):
-            emb[idx, view] = teacher.model.encode_image(crops.to(device)).float().cpu().half()
+        for batch in tqdm(pairs.split(args.batch_size), desc="teacher cache", disable=None if dist.is_main else True):
+            i, k = batch.unbind(-1)  # (b,), (b,)
+            crops = render_views(images, i, boxes[i, k], flips[i, k], teacher.image_size, teacher.mean, teacher.std,
+                                 device)  # the same function renders the student's crops
+            emb[i, k] = teacher.model.encode_image(crops).float().cpu().half()
     if dist.enabled:  # each rank wrote its rows; rank 0 gathers them through the file system
         part = path.with_name(f"{path.name}.part{dist.rank}")
         common.save_torch({"rows": torch.tensor(mine), "emb": emb[mine]}, part)
@@ -320,13 +408,12 @@ def plan_epoch(epoch, seed, train_idx, cache, image_sizes, scale):
 
 
 def step_batches(plan, start, total, steps_per_epoch, batch_size, dist):
-    """Keys of this rank's share of the global batch of each step start..total-1: a contiguous 1/world_size
-    slice, so N processes together see exactly the images one process sees."""
+    """This rank's share of the global batch of each step start..total-1: (image idx (b,), view (b,), boxes (b, 4),
+    flips (b,)), a contiguous 1/world_size slice, so N processes together see exactly the images one process sees."""
     local, current = batch_size // dist.world_size, (None, None)
     for step in range(start, total):
         epoch, b = divmod(step, steps_per_epoch)
         if current[0] != epoch:
             current = (epoch, plan(epoch))
-        order, view, boxes, flips = current[1]
         lo = b * batch_size + dist.rank * local
-        yield [(int(order[j]), int(view[j]), boxes[j].tolist(), bool(flips[j])) for j in range(lo, lo + local)]
+        yield tuple(x[lo:lo + local] for x in current[1])

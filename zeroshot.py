@@ -329,7 +329,7 @@ def predict(model, loader, classifier, device, amp=True, progress=True):
     weights = classifier.float().cpu().t().contiguous()  # (D, C), the layout CLIP_benchmark multiplies with
     all_logits, all_labels, broken = [], [], []
     with torch.inference_mode():
-        for images, labels, bad in tqdm(loader, desc="zero-shot", unit="batch", disable=not progress,
+        for images, labels, bad in tqdm(loader, desc="zero-shot", unit="batch", disable=None if progress else True,
                                         leave=False):
             broken += bad
             if images is None:
@@ -389,14 +389,15 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
     t0 = time.time()
     logits, labels, broken = predict(zs.encoder, loader, classifier, device, amp=amp, progress=progress)
     seconds = time.time() - t0
+    base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
+    paths = image_paths(base) or []
+    names = [(paths[i] if i < len(paths) else f"index {i}", reason) for i, reason in broken]
+    require(len(labels) > 0, f"no readable image in {dataset}: all {len(ds)} files failed to decode (first: "
+                             f"{names[0][0] if names else '?'})")
+    for name, reason in names:
+        print(f"warning: skipped unreadable image {name} ({reason})", file=sys.stderr)
     if broken:
-        base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
-        paths = image_paths(base) or []
-        for i, reason in broken:
-            name = paths[i] if i < len(paths) else f"index {i}"
-            print(f"warning: skipped unreadable image {name} ({reason})", file=sys.stderr)
         print(f"warning: skipped {len(broken)} of {len(ds)} images", file=sys.stderr)
-    require(len(labels) > 0, f"no readable image in {dataset}: all {len(ds)} files failed to decode")
     if not is_folder_dataset(dataset):
         source = "real"
     else:
@@ -436,8 +437,7 @@ def main(argv=None):
     zs = load_model(args.model, args.pretrained, device)
     data_name = Path(args.dataset).name if is_folder_dataset(args.dataset) else args.dataset
     out = check_out(Path(args.out or f"results/{zs.name}_{data_name}.json"), args.overwrite)
-    print(f"zero-shot | model {zs.name} | dataset {args.dataset} | templates {args.templates} | device {device}",
-          file=sys.stderr)
+    print(f"zero-shot | model {zs.name} | dataset {args.dataset} | templates {args.templates} | device {device}")
     result = evaluate(zs, args.dataset, data_root=args.data_root, split=args.split, templates=args.templates,
                       batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
                       download=args.download, limit=args.limit)

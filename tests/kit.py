@@ -1,4 +1,4 @@
-"""The offline test kit (DESIGN.md): tiny real models and fake datasets, built and saved to disk,
+"""The offline test kit: tiny real models and fake datasets, built and saved to disk,
 then loaded by the project's own loading code. No network, no downloaded weights.
 
   make_tiny_teacher(dir)          an open_clip CLIP (64 px, 2 layers, width 64, embed_dim 32) saved as
@@ -10,6 +10,11 @@ then loaded by the project's own loading code. No network, no downloaded weights
   add_teacher_to_hub_cache(cache, tiny, name, tag)  the tiny CLIP's weights where open_clip looks for name + tag
   simulate_read_only(monkeypatch, dir)  creating files or folders below `dir` fails with EROFS, as on a ro mount
   exits_with_one_line(main, argv, capsys, expect)  the check every bad-input test makes
+
+From a shell (the README's CPU quick start):
+  python tests/kit.py teacher /tmp/tiny_clip         # the tiny open_clip teacher: --teacher local-dir:/tmp/tiny_clip
+  python tests/kit.py dataset pets /tmp/data         # a fake Pets test split under /tmp/data (any name above)
+  python tests/kit.py diffusion /tmp/tiny_sd         # a tiny diffusers pipeline: synth.py --generator /tmp/tiny_sd
 """
 import errno
 import json
@@ -22,7 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-import domains
+if __name__ == "__main__":  # run as a script from the repo root: the project's modules sit one folder up
+    import sys
+    sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+import domains  # noqa: E402
 
 TINY_TEACHER_CFG = {
     "model_cfg": {
@@ -170,7 +178,7 @@ def make_image_folder(folder, classnames=("circle", "square", "triangle"), per_c
 
 def make_synth_folder(folder, dataset=None, classnames=("circle", "square", "triangle"), per_class=4, seed=0,
                       size=(40, 48)):
-    """A folder in synth.py's output format (DESIGN.md), with random images instead of generated ones."""
+    """A folder in synth.py's output format, with random images instead of generated ones."""
     from common import save_json
     folder = Path(folder)
     if dataset is not None:
@@ -260,3 +268,23 @@ def exits_with_one_line(main, argv, capsys, expect):
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
     return err[0]
+
+
+def main(argv):
+    usage = "usage: python tests/kit.py teacher DIR | dataset NAME ROOT | diffusion DIR"
+    what, *rest = argv or [""]
+    if what == "teacher" and len(rest) == 1:
+        print(make_tiny_teacher(rest[0]))
+    elif what == "dataset" and len(rest) == 2 and rest[0] in domains.DATASETS:
+        labels = make_fake_dataset(rest[0], rest[1])
+        print(f"{rest[0]}: {len(labels)} test images under {rest[1]} (zeroshot.py --dataset {rest[0]} "
+              f"--data-root {rest[1]})")
+    elif what == "diffusion" and len(rest) == 1:
+        import kit_diffusers
+        print(kit_diffusers.make_tiny_pipeline(rest[0]))
+    else:
+        raise SystemExit(usage)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

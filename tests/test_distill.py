@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -124,10 +125,10 @@ def test_cache_is_exact_reused_and_rebuilt(tiny_teacher, synth, tmp_path, monkey
     # exact: the teacher's embedding of the rebuilt crop equals the cached one (fp16 storage)
     teacher = models.load_teacher(tiny_teacher, None)
     images = views.load_images(synth)
-    view_set = views.Views(images, [64], teacher.mean, teacher.std)
     pairs = [(0, 0), (5, 1), (13, 0), (23, 1)]
-    crops = torch.stack([view_set[(i, k, cache["boxes"][i, k].tolist(), bool(cache["flips"][i, k]))][0][0]
-                         for i, k in pairs])
+    i, k = torch.tensor(pairs).unbind(-1)
+    crops = views.render_views(images, i, cache["boxes"][i, k], cache["flips"][i, k], 64, teacher.mean, teacher.std,
+                               torch.device("cpu"))  # what the student's loader renders for these views
     with torch.no_grad():
         fresh = teacher.model.encode_image(crops)
     cached = torch.stack([cache["emb"][i, k] for i, k in pairs]).float()
@@ -318,29 +319,51 @@ def fails(argv, capsys, expect):
     kit.exits_with_one_line(distill.main, argv, capsys, expect)
 
 
-def test_bad_inputs(tiny_teacher, synth, tmp_path, capsys):
-    done = tmp_path / "done"
-    distill.main(run_args(synth, tiny_teacher, done, steps=3))
-    capsys.readouterr()
-    files = {p.name: p.read_bytes() for p in done.iterdir()}
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    plain = kit.make_image_folder(tmp_path / "plain", per_class=2)
-    fails(run_args(tmp_path / "nope", tiny_teacher, tmp_path / "x"), capsys, "does not exist")
-    fails(run_args(empty, tiny_teacher, tmp_path / "x"), capsys, "holds no images")
-    fails(run_args(plain, tiny_teacher, tmp_path / "x", "--loss", "contrastive"), capsys, "needs class labels")
-    other = tmp_path / "other.pt"
-    other_student = models.build_student("test_vit2", 32, image_size=32)
-    torch.save(models.student_checkpoint(other_student, models.load_teacher(tiny_teacher, None)), other)
-    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--init", str(other)), capsys, "holds a test_vit2 student")
-    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--init", str(done / "student.pt"), "--image-size", "64"),
-          capsys, "does not fit")
-    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--resume"), capsys, "nothing to resume")
-    fails(run_args(synth, tiny_teacher, done, "--resume", "--lr", "1e-3"), capsys, "--lr 0.0005 (now 0.001)")
-    fails(run_args(synth, tiny_teacher, done), capsys, "already holds a run")
-    fails(run_args(synth, tiny_teacher, tmp_path / "x", "--batch-size", "64"), capsys, "larger than the 24")
-    assert not (tmp_path / "x").exists()
-    assert {p.name: p.read_bytes() for p in done.iterdir()} == files  # nothing good overwritten
+@pytest.fixture(scope="module")
+def finished(tiny_teacher, tmp_path_factory):
+    """A synth folder, a finished run on it, and inputs that no run can use."""
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    synth = kit.make_synth_folder(tmp / "synth", per_class=8)
+    distill.main(run_args(synth, tiny_teacher, tmp / "done", steps=3))
+    (tmp / "empty").mkdir()
+    kit.make_image_folder(tmp / "plain", per_class=2)
+    torch.save(models.student_checkpoint(models.build_student("test_vit2", 32, image_size=32),
+                                         models.load_teacher(tiny_teacher, None)), tmp / "other.pt")
+    (tmp / "a_file").write_text("x")
+    return SimpleNamespace(tmp=tmp, synth=synth, done=tmp / "done", files={
+        p.name: p.read_bytes() for p in (tmp / "done").iterdir()})
+
+
+BAD_INPUTS = {  # name -> (data, out, extra flags with {tmp} placeholders, what the one error line says)
+    "no such folder": ("nope", "x", [], "does not exist"),
+    "folder without images": ("empty", "x", [], "holds no images"),
+    "contrastive without labels": ("plain", "x", ["--loss", "contrastive"], "needs class labels"),
+    "--init of another student": ("synth", "x", ["--init", "{tmp}/other.pt"], "holds a test_vit2 student"),
+    "--init of another size": ("synth", "x", ["--init", "{tmp}/done/student.pt", "--image-size", "64"],
+                               "does not fit"),
+    "--resume with nothing to resume": ("synth", "x", ["--resume"], "nothing to resume"),
+    "--resume with another --lr": ("synth", "done", ["--resume", "--lr", "1e-3"], "--lr 0.0005 (now 0.001)"),
+    "--out holds a run": ("synth", "done", [], "already holds a run"),
+    "batch larger than the data": ("synth", "x", ["--batch-size", "64"], "larger than the 24"),
+    "--out is a file": ("synth", "a_file", [], "is a file, not a folder"),
+    "--out below a file": ("synth", "a_file/run", [], "is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input(case, finished, tiny_teacher, capsys):
+    data, out, extra, expect = BAD_INPUTS[case]
+    tmp = finished.tmp
+    fails(run_args(tmp / data, tiny_teacher, tmp / out, *[x.format(tmp=tmp) for x in extra]), capsys, expect)
+    assert not (tmp / "x").exists()
+    assert {p.name: p.read_bytes() for p in finished.done.iterdir()} == finished.files  # nothing good overwritten
+
+
+def test_out_on_a_read_only_file_system(tiny_teacher, synth, tmp_path, monkeypatch, capsys):
+    (tmp_path / "ro").mkdir()  # a mount point
+    kit.simulate_read_only(monkeypatch, tmp_path / "ro")
+    fails(run_args(synth, tiny_teacher, tmp_path / "ro" / "run"), capsys, "not a writable folder")
+    assert not (tmp_path / "ro" / "run").exists()
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_teacher, synth, tmp_path, monkeypatch, capsys):
@@ -492,3 +515,45 @@ def test_caption_text_needs_prompts(tiny_teacher, synth, tmp_path, capsys):
                                                   for x in lines))
     fails(run_args(synth, tiny_teacher, tmp_path / "x", "--loss", "contrastive"), capsys, "pass --text class")
     distill.main(run_args(synth, tiny_teacher, tmp_path / "ok", "--loss", "l2", steps=1))  # L2 needs no text
+
+
+# ----------------------------------------------------------------------------------------------
+# the image store: decoded once, reused, rebuilt when an image changes; crops rendered from it
+
+def test_store_is_reused_and_rebuilt_when_an_image_changes(synth):
+    images = views.load_images(synth, store_size=32)
+    [store] = (synth / "cache").glob("images-*.u8")
+    assert images.store.shape == (24, 32, 32, 3) and images.store.dtype == "uint8"  # 40x48 images at R = 32
+    mtime = store.stat().st_mtime_ns
+    assert views.load_images(synth, store_size=32).digest == images.digest and store.stat().st_mtime_ns == mtime
+    kit.random_image(__import__("numpy").random.default_rng(7)).save(synth / "images" / "001" / "00002.png")
+    again = views.load_images(synth, store_size=32)
+    [new_store] = (synth / "cache").glob("images-*.u8")  # the old store was removed
+    assert new_store != store and again.digest != images.digest
+    row = again.store_rows[again.paths.index("images/001/00002.png")]
+    with views.Image.open(synth / "images" / "001" / "00002.png") as im:
+        expected = __import__("numpy").asarray(im.convert("RGB").resize((32, 32), views.Image.BILINEAR))
+    assert (again.store[row] == expected).all()
+    assert views.load_images(synth).store.shape == (24, 48, 48, 3)  # R is at most the largest image side
+
+
+def test_render_views_is_exact_for_a_whole_image_and_close_to_pil_for_crops(synth):
+    images = views.load_images(synth)  # R = 48: 40x48 images stored at 48x48
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    idx = torch.tensor([3])
+    whole = views.render_views(images, idx, torch.tensor([[0, 0, 40, 48]]), torch.tensor([False]), 48, mean, std,
+                               torch.device("cpu"))
+    stored = torch.from_numpy(images.store[int(images.store_rows[3])].copy()).permute(2, 0, 1) / 255
+    torch.testing.assert_close(whole[0], (stored - 0.5) / 0.25)  # the whole image at its own size: a copy
+    flipped = views.render_views(images, idx, torch.tensor([[0, 0, 40, 48]]), torch.tensor([True]), 48, mean, std,
+                                 torch.device("cpu"))
+    torch.testing.assert_close(flipped[0], whole[0].flip(-1))
+    # a crop, from the store, against torchvision's bilinear crop of the file: the same pixels up to resampling
+    box = [6, 10, 24, 30]
+    ours = views.render_views(images, idx, torch.tensor([box]), torch.tensor([False]), 16, mean, std,
+                              torch.device("cpu"))[0]
+    with views.Image.open(synth / images.paths[3]) as im:
+        pil = views.make_crop(im.convert("RGB"), box, False, 16, mean, std)
+        shifted = views.make_crop(im.convert("RGB"), [8, 12, 24, 30], False, 16, mean, std)
+    grey_levels = (ours - pil).abs().mean() * 0.25 * 255  # mean difference in 0..255 units: 2.2 measured
+    assert grey_levels < 3 and (shifted - pil).abs().mean() * 0.25 * 255 > 3 * grey_levels  # a 2 px shift: 17

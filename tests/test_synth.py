@@ -18,7 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
+import common
 import domains
+import kit
 import kit_diffusers
 import synth
 
@@ -193,26 +195,19 @@ def test_make_prompts_pairwise_covering_distinct_and_stable():
     assert synth.image_seed(0, 1, 2) == synth.image_seed(0, 1, 2) != synth.image_seed(0, 2, 1)
 
 
-def _fails(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        synth.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error:"), err
-    return err
-
-
 @pytest.mark.parametrize("argv, words", [
-    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--dataset", "imagenet"], "--dataset must be pets | flowers | cars | food101 | dtd | fgvc_aircraft (got "),
     (["--generator", "sd99-fast"], "unknown generator 'sd99-fast'"),
     (["--generator", "nobody/no-such-model"], "nobody/no-such-model is not in the local Hugging Face cache"),
     (["--generator", "sd15-lcm"], "Lykon/dreamshaper-7 is not in the local Hugging Face cache"),
     (["--per-class", "0"], "--per-class must be at least 1"),
     (["--shard", "2/2"], "--shard must be i/n"),
+    (["--dtype", "float8"], "--dtype must be auto | float16 | bfloat16 | float32 (got 'float8')"),
 ])
 def test_bad_input_fails_fast_with_one_line(argv, words, tmp_path, capsys):
     t0 = time.time()
-    err = _fails(argv + ["--out", str(tmp_path)], capsys)
-    assert words in err and time.time() - t0 < 10
+    kit.exits_with_one_line(synth.main, argv + ["--out", str(tmp_path)], capsys, words)
+    assert time.time() - t0 < 10
     assert not any(tmp_path.iterdir())
 
 
@@ -226,8 +221,9 @@ def test_folder_of_a_different_run_is_refused(tiny_sd, reference, tmp_path, caps
     folder = tmp_path / "pets"
     shutil.copytree(reference[0], folder)
     before = {**snapshot(folder), "synth.json": (folder / "synth.json").read_bytes()}
-    err = _fails(BASE + ["--generator", str(tiny_sd), "--out", str(tmp_path), *extra], capsys)
-    assert "holds" in err and words in err
+    err = kit.exits_with_one_line(synth.main, BASE + ["--generator", str(tiny_sd), "--out", str(tmp_path), *extra],
+                                  capsys, words)
+    assert "holds" in err
     assert {**snapshot(folder), "synth.json": (folder / "synth.json").read_bytes()} == before
 
 
@@ -235,8 +231,9 @@ def test_other_generator_on_the_same_folder_is_refused(tiny_sd, reference, tmp_p
     folder = tmp_path / "pets"
     shutil.copytree(reference[0], folder)
     other = kit_diffusers.make_tiny_pipeline(tmp_path / "other_sd", seed=1)
-    err = _fails(BASE + ["--generator", str(other), "--out", str(tmp_path)], capsys)
-    assert "holds a different run (generator:" in err and snapshot(folder) == reference[1]
+    kit.exits_with_one_line(synth.main, BASE + ["--generator", str(other), "--out", str(tmp_path)], capsys,
+                            "holds a different run (generator:")
+    assert snapshot(folder) == reference[1]
 
 
 def test_lora_is_fused_into_the_weights(tiny_sd, tmp_path):
@@ -253,3 +250,186 @@ def test_lora_is_fused_into_the_weights(tiny_sd, tmp_path):
               output_type="np")
     a, b, c = (p(generator=[torch.Generator().manual_seed(0)], **kw).images for p in (plain, fused, unfused))
     assert np.abs(a - b).max() > 0.01 and np.abs(b - c).max() < 1e-4  # the LoRA acts, fused as unfused
+
+
+# ----------------------------------------------------------------------------------------------
+# the default preset offline, from a filled Hugging Face cache
+
+@pytest.fixture
+def two_pets(monkeypatch):
+    """Two classes instead of 37 keep a run short; the code path is the same."""
+    monkeypatch.setitem(domains.CLASSNAMES, "pets", ["Beagle", "Persian"])
+
+
+@pytest.fixture(scope="module")
+def fake_hub(tmp_path_factory):
+    """{repo id: snapshot folder} of a hub cache holding sd15-lcm's two repos (tiny stand-ins)."""
+    return kit_diffusers.make_fake_hub_cache(tmp_path_factory.mktemp("hub") / "hub")
+
+
+def spy_on_load_generator(monkeypatch, change=None):
+    """Let synth.main load its pipeline as usual, keep it for the test, and apply `change` to it (a fault)."""
+    loaded, real = [], synth.load_generator
+
+    def load(*args):
+        pipe, dtype = real(*args)
+        if change:
+            with torch.no_grad():
+                change(pipe)
+        loaded.append(pipe)
+        return pipe, dtype
+    monkeypatch.setattr(synth, "load_generator", load)
+    return loaded
+
+
+def test_default_preset_loads_offline_from_the_hub_cache_with_the_lora_fused(fake_hub, two_pets, tmp_path,
+                                                                             monkeypatch):
+    """sd15-lcm with HF_HUB_OFFLINE=1 and no path given: diffusers must be told the LoRA's file name."""
+    import safetensors.torch
+    from diffusers import UNet2DConditionModel
+    kit_diffusers.use_hub_cache(monkeypatch, fake_hub["Lykon/dreamshaper-7"].parents[2])
+    loaded = spy_on_load_generator(monkeypatch)
+    synth.main(["--dataset", "pets", "--per-class", "2", "--steps", "2", "--size", "32", "--out", str(tmp_path)])
+    rows = manifest(tmp_path / "pets")
+    assert len(rows) == 4 and {r["generator"] for r in rows} == {"sd15-lcm"}
+    pipe = loaded[0]
+    assert type(pipe.scheduler).__name__ == "LCMScheduler"  # the cached snapshot's is PNDM
+    assert not any("lora" in name for name, _ in pipe.unet.named_modules())
+    # fused: W = W0 + alpha / rank * up @ down, with the LoRA's alpha = 8 and rank = 4 (a linear and a conv layer)
+    base = UNet2DConditionModel.from_pretrained(fake_hub["Lykon/dreamshaper-7"] / "unet")
+    lora = safetensors.torch.load_file(fake_hub["latent-consistency/lcm-lora-sdv1-5"] / synth.LCM_LORA_FILE)
+    for name in ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "down_blocks.0.resnets.0.conv1"):
+        key = "lora_unet_" + name.replace(".", "_")
+        w0 = base.get_submodule(name).weight
+        up, down = lora[key + ".lora_up.weight"].float(), lora[key + ".lora_down.weight"].float()
+        expected = w0 + 8 / 4 * (up.flatten(1) @ down.flatten(1)).view(w0.shape)
+        fused = pipe.unet.get_submodule(name).weight
+        assert (fused - w0).abs().max() > 0.1 and torch.allclose(fused, expected, atol=1e-4), name
+
+
+def test_sdxl_lcm_preset_loads_its_lora_offline_too(fake_hub, tmp_path, monkeypatch):
+    """No tiny SDXL: the SD 1.5 stand-ins under sdxl-lcm's repo ids show that its LoRA's file is named."""
+    cache = tmp_path / "hub"
+    kit.add_to_hub_cache(cache, "stabilityai/stable-diffusion-xl-base-1.0", fake_hub["Lykon/dreamshaper-7"])
+    kit.add_to_hub_cache(cache, "latent-consistency/lcm-lora-sdxl", fake_hub["latent-consistency/lcm-lora-sdv1-5"])
+    kit_diffusers.use_hub_cache(monkeypatch, cache)
+    name, source = synth.resolve_generator("sdxl-lcm")
+    pipe, _ = synth.load_generator(source, torch.device("cpu"))
+    assert source["lora_file"] == synth.LCM_LORA_FILE and type(pipe.scheduler).__name__ == "LCMScheduler"
+    assert not any("lora" in name for name, _ in pipe.unet.named_modules())
+
+
+# ----------------------------------------------------------------------------------------------
+# float16, and NaN pixels never saved as black images
+
+def images_of(folder):
+    return {r["path"]: np.asarray(Image.open(folder / r["path"])).astype(int) for r in manifest(folder)}
+
+
+def test_float16_pipeline_runs_on_cpu(tiny_sd, two_pets, tmp_path, capsys):
+    """The GPU's float16 path, on a CPU: same images as float32 up to float16 rounding."""
+    run(tiny_sd, tmp_path / "fp32")
+    run(tiny_sd, tmp_path / "fp16", "--dtype", "float16", "--device", "cpu")
+    assert "| cpu float16 |" in capsys.readouterr().out
+    fp32, fp16 = images_of(tmp_path / "fp32" / "pets"), images_of(tmp_path / "fp16" / "pets")
+    assert fp32.keys() == fp16.keys() and len(fp16) == 4
+    assert all(np.abs(fp32[k] - fp16[k]).max() <= 3 and fp16[k].std() > 1 for k in fp16)
+    pipe, dtype = synth.load_generator(dict(model=str(tiny_sd), lora=None), torch.device("cpu"), torch.float16)
+    assert dtype == pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float16
+
+
+def overflow_vae(pipe):
+    """Activations past float16's 65504 (group norm makes them harmless in float32): NaN, as in SDXL's VAE."""
+    pipe.vae.decoder.conv_in.weight.mul_(1e4)
+
+
+def test_float16_vae_overflow_is_decoded_again_in_float32(tiny_sd, two_pets, tmp_path, monkeypatch, capsys):
+    spy_on_load_generator(monkeypatch, overflow_vae)
+    run(tiny_sd, tmp_path / "fp32")  # float32: the same weights decode without NaN
+    run(tiny_sd, tmp_path / "fp16", "--dtype", "float16", "--device", "cpu")
+    out = capsys.readouterr().out
+    assert "the VAE overflowed to NaN in float16" in out and "4 decoded again in float32" in out
+    fp32, fp16 = images_of(tmp_path / "fp32" / "pets"), images_of(tmp_path / "fp16" / "pets")
+    assert all(np.abs(fp32[k] - fp16[k]).max() <= 3 and fp16[k].std() > 1 for k in fp16)  # not black
+
+
+def test_vae_nan_in_float32_stops_before_saving(tiny_sd, two_pets, tmp_path, monkeypatch, capsys):
+    spy_on_load_generator(monkeypatch, lambda pipe: pipe.vae.decoder.conv_in.weight[0, 0, 0].fill_(float("nan")))
+    kit.exits_with_one_line(synth.main, BASE + ["--generator", str(tiny_sd), "--out", str(tmp_path)], capsys,
+                            "the generator's VAE returned NaN for image 000/00000")
+    assert not list((tmp_path / "pets").rglob("*.png"))
+
+
+def test_denoiser_nan_asks_for_float32(tiny_sd, two_pets, tmp_path, monkeypatch, capsys):
+    spy_on_load_generator(monkeypatch, lambda pipe: pipe.unet.conv_out.weight.fill_(float("nan")))
+    err = kit.exits_with_one_line(synth.main, BASE + ["--generator", str(tiny_sd), "--out", str(tmp_path), "--dtype",
+                                                      "float16", "--device", "cpu"], capsys, "pass --dtype float32")
+    assert "denoiser returned NaN" in err and "in float16" in err
+    assert not list((tmp_path / "pets").rglob("*.png"))
+
+
+# ----------------------------------------------------------------------------------------------
+# file-system faults: one line, exit 2, nothing written
+
+def files_under(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def test_out_that_is_a_file_is_refused(tiny_sd, tmp_path, capsys):
+    (tmp_path / "out").write_text("not a folder")
+    kit.exits_with_one_line(synth.main, BASE + ["--generator", str(tiny_sd), "--out", str(tmp_path / "out")], capsys,
+                            f"--out {tmp_path / 'out'} is a file, not a folder")
+    assert files_under(tmp_path) == {"out": b"not a folder"}
+
+
+def test_out_on_a_read_only_file_system_is_refused(tiny_sd, tmp_path, monkeypatch, capsys):
+    """EROFS simulated at the write probe (root ignores chmod); the real mount is the next test."""
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    kit.exits_with_one_line(synth.main, BASE + ["--generator", str(tiny_sd), "--out", str(tmp_path)], capsys,
+                            f"--out {tmp_path} is not a writable folder (Read-only file system)")
+    assert not any(tmp_path.iterdir())
+
+
+def test_out_on_a_read_only_mount_is_refused(tiny_sd, tmp_path, capsys):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        kit.exits_with_one_line(synth.main, BASE + ["--generator", str(tiny_sd), "--out", str(mount)], capsys,
+                                f"--out {mount} is not a writable folder (Read-only file system)")
+        assert not any(mount.iterdir())
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b'["per_class", 2]\n', "holds a JSON list, not a JSON object"),
+    (b'{"dataset": "pets"}\n', "lacks 'per_class'"),
+    (b'{"dataset": "pets", "per_class": "two"}\n', "per_class is not a whole number"),
+    ('{"dataset": "pets", "note": "caf\u00e9"}\n'.encode("latin-1"), "is not UTF-8 text"),
+], ids=["list", "no-per-class", "per-class-text", "latin-1"])
+def test_broken_synth_json_is_refused_before_loading(tiny_sd, tmp_path, monkeypatch, capsys, content, words):
+    folder = tmp_path / "pets"
+    folder.mkdir()
+    (folder / "synth.json").write_bytes(content)
+    monkeypatch.setattr(synth, "load_generator", lambda *a: pytest.fail("loaded the generator"))
+    kit.exits_with_one_line(synth.main, BASE + ["--generator", str(tiny_sd), "--out", str(tmp_path)], capsys, words)
+    assert files_under(tmp_path) == {"pets/synth.json": content}
+
+
+def test_a_folder_made_before_the_lora_file_was_named_is_the_same_run(tmp_path):
+    folder = tmp_path / "pets"
+    source = {"model": "Lykon/dreamshaper-7", "lora": "latent-consistency/lcm-lora-sdv1-5"}
+    old = {k: None for k in synth.IDENTITY} | {"per_class": 2, "generator_source": source}
+    common.save_json(old, folder / "synth.json")
+    now = dict(old, per_class=3, generator_source=dict(source, lora_file="pytorch_lora_weights.safetensors"))
+    assert synth.check_folder(folder, now) == 3  # extends it, instead of "a different run"
+    other = dict(now, generator_source=dict(source, lora="someone/other-lora", lora_file="x.safetensors"))
+    with pytest.raises(common.UserError, match="different run"):
+        synth.check_folder(folder, other)

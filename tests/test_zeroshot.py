@@ -203,45 +203,50 @@ def test_corrupt_image_is_skipped_and_named(tiny_teacher, tmp_path, capsys):
 def _fails(argv, capsys, tmp_path, expect):
     out = tmp_path / "never.json"
     t0 = time.time()
-    with pytest.raises(SystemExit) as e:
-        zeroshot.main(argv + ["--out", str(out), "--workers", "0"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2
-    assert len(err) >= 1 and err[-1].startswith("error: ") and expect in err[-1], err
-    assert "Traceback" not in "\n".join(err)
+    line = kit.exits_with_one_line(zeroshot.main, argv + ["--out", str(out), "--workers", "0"], capsys, expect)
     assert not out.exists()
     assert time.time() - t0 < 15  # fails fast, no hub retries
-    return err[-1]
+    return line
 
 
-def test_bad_inputs(tiny_teacher, fake_root, tmp_path, capsys):
-    root, _ = fake_root
-    empty = tmp_path / "empty"
-    (empty / "cat").mkdir(parents=True)
+def _bad_input_folders(tmp_path):
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
     (tmp_path / "file.jpg").write_bytes(b"x")
     broken = kit.make_image_folder(tmp_path / "allbad", per_class=1)
     for p in broken.rglob("*.jpg"):
         p.write_bytes(b"garbage")
-    not_student = tmp_path / "other.pt"
-    torch.save({"weights": torch.zeros(3)}, not_student)
-    m = ["--model", tiny_teacher]
-    _fails(m + ["--dataset", "imagenet"], capsys, tmp_path, "unknown dataset 'imagenet'")
-    _fails(m + ["--dataset", "pets", "--data-root", str(tmp_path / "nope")], capsys, tmp_path, "does not exist")
-    _fails(m + ["--dataset", "pets", "--data-root", str(empty)], capsys, tmp_path, "--download")
-    _fails(m + ["--dataset", "cars", "--data-root", str(empty)], capsys, tmp_path, "Kaggle")
-    _fails(m + ["--dataset", str(empty)], capsys, tmp_path, "holds no images")
-    _fails(m + ["--dataset", str(tmp_path / "file.jpg")], capsys, tmp_path, "is a file")
-    _fails(m + ["--dataset", str(broken)], capsys, tmp_path, "no readable image")
-    _fails(["--model", str(not_student), "--dataset", "pets", "--data-root", str(root)], capsys, tmp_path,
-           "not a student checkpoint")
-    _fails(["--model", "ViT-Q-99", "--dataset", "pets", "--data-root", str(root)], capsys, tmp_path,
-           "unknown open_clip model")
-    _fails(["--model", "ViT-B-32", "--pretrained", "nosuchtag", "--dataset", "pets"], capsys, tmp_path,
-           "unknown pretrained tag")
-    _fails(["--model", "ViT-B-32", "--dataset", "pets", "--data-root", str(root)], capsys, tmp_path,
-           "not in the local cache")
-    _fails(["--model", "local-dir:" + str(tmp_path / "nodir"), "--dataset", "pets"], capsys, tmp_path,
-           "does not exist")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+
+
+BAD_INPUTS = {  # name -> (argv with {teacher}, {root}, {tmp} placeholders, what the one error line says)
+    "unknown dataset": (["--model", "{teacher}", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    "missing data root": (["--model", "{teacher}", "--dataset", "pets", "--data-root", "{tmp}/nope"],
+                          "does not exist"),
+    "dataset not downloaded": (["--model", "{teacher}", "--dataset", "pets", "--data-root", "{tmp}/empty"],
+                               "--download"),
+    "cars cannot be downloaded": (["--model", "{teacher}", "--dataset", "cars", "--data-root", "{tmp}/empty"],
+                                  "Kaggle"),
+    "folder without images": (["--model", "{teacher}", "--dataset", "{tmp}/empty"], "holds no images"),
+    "dataset is a file": (["--model", "{teacher}", "--dataset", "{tmp}/file.jpg"], "is a file"),
+    "no image decodes": (["--model", "{teacher}", "--dataset", "{tmp}/allbad"], "no readable image"),
+    "not a student checkpoint": (["--model", "{tmp}/other.pt", "--dataset", "pets", "--data-root", "{root}"],
+                                 "not a student checkpoint"),
+    "unknown open_clip model": (["--model", "ViT-Q-99", "--dataset", "pets", "--data-root", "{root}"],
+                                "unknown open_clip model"),
+    "unknown pretrained tag": (["--model", "ViT-B-32", "--pretrained", "nosuchtag", "--dataset", "pets"],
+                               "unknown pretrained tag"),
+    "weights not cached offline": (["--model", "ViT-B-32", "--dataset", "pets", "--data-root", "{root}"],
+                                   "not in the local cache"),
+    "missing local-dir": (["--model", "local-dir:{tmp}/nodir", "--dataset", "pets"], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input(case, tiny_teacher, fake_root, tmp_path, capsys):
+    _bad_input_folders(tmp_path)
+    argv, expect = BAD_INPUTS[case]
+    argv = [a.format(teacher=tiny_teacher, root=fake_root[0], tmp=tmp_path) for a in argv]
+    _fails(argv, capsys, tmp_path, expect)
 
 
 def test_existing_result_needs_overwrite(tiny_teacher, fake_root, tmp_path, capsys):
