@@ -64,14 +64,13 @@ VIEW_SETTINGS = {"1": ["--views", "1"], "2": ["--views", "2"], "8": ["--views", 
 @dataclass
 class Args:
     """Zero-shot distillation in a toy world: at which strength of the generator's mark does the student follow it?"""
-    study: str = field(default="marks", metadata={"help": "marks: sweep the mark's opacity; views: teacher cache "
-                                                          "K fixed views against fresh views", "choices": ["marks",
-                                                                                                          "views"]})
+    study: str = field(default="marks", metadata={"help": "marks: sweep the mark's opacity; views: K cached views "
+                                                          "against fresh ones", "choices": ["marks", "views"]})
     # data
     image_size: int = field(default=32, metadata={"help": "image side in px"})
     per_class: int = field(default=1000, metadata={"help": "synthetic training images per class (and strength)"})
     eval_per_class: int = field(default=100, metadata={"help": "real and other-mark evaluation images per class"})
-    strengths: List[float] = field(default_factory=lambda: [0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1], metadata={
+    strengths: List[float] = field(default_factory=lambda: [0, 0.2, 0.3, 0.4, 0.6, 1], metadata={
         "help": "mark opacities s to sweep (0: the control, no mark; 1: an opaque code)"})
     # teacher
     teacher_images: int = field(default=20000, metadata={"help": "rendered image-caption pairs for the teacher"})
@@ -102,10 +101,6 @@ class Args:
 
 # ----------------------------------------------------------------------------------------------
 # students: distill.py trains them, zeroshot.py evaluates them (in long-lived worker processes)
-
-def slug(name):
-    return re.sub(r"[^a-z0-9.]+", "_", name.lower()).strip("_")
-
 
 def distill_argv(args, teacher_dir, data_dir, run_dir, flags, seed):
     """distill.py's command line for one student. The marks study uses no crops (--crop-scale 1 1): a crop would
@@ -224,17 +219,14 @@ def plan_runs(args, out, teacher_dir, folders, teacher_settings):
     runs = []
     for seed in range(args.seed, args.seed + args.seeds):
         if args.study == "views":
-            for views in args.views:
-                data = folders["synth_0"]
-                runs.append(({"views": views, "seed": seed}, out / "runs" / "views" / f"views_{views}" / f"seed{seed}",
-                             data, ["--loss", "l2", *VIEW_SETTINGS[views]], "0"))
+            runs += [({"views": v, "seed": seed}, out / "runs" / "views" / f"views_{v}" / f"seed{seed}",
+                      folders["synth_0"], ["--loss", "l2", *VIEW_SETTINGS[v]], "0") for v in args.views]
             continue
         for loss in args.losses:
-            for s in args.strengths:
-                mark = level_name(s)
-                runs.append(({"strength": s, "loss": loss, "seed": seed},
-                             out / "runs" / "marks" / f"s{mark}" / slug(loss) / f"seed{seed}",
-                             folders[f"synth_{mark}"], LOSSES[loss], mark))
+            folder = re.sub(r"[^a-z0-9.]+", "_", loss).strip("_")  # "contrastive tau 0.01, class" -> ..._0.01_class
+            runs += [({"strength": s, "loss": loss, "seed": seed},
+                      out / "runs" / "marks" / f"s{level_name(s)}" / folder / f"seed{seed}",
+                      folders[f"synth_{level_name(s)}"], LOSSES[loss], level_name(s)) for s in args.strengths]
     plans = []
     for keys, run_dir, data, flags, mark in runs:
         argv = distill_argv(args, teacher_dir, data, run_dir, flags, keys["seed"])
@@ -346,7 +338,7 @@ def plot(args, runs, teacher, folders, path):
                                             ("follows_mark", "other-mark images classified as the mark says (%)")]):
         ax = fig.add_subplot(bottom[col])
         for loss in args.losses:
-            vals = [[100 * r[metric] for r in runs if r["strength"] == s and r["loss"] == loss and r[metric] is not None]
+            vals = [[100 * r[metric] for r in runs if (r["strength"], r["loss"]) == (s, loss) and r[metric] is not None]
                     for s in args.strengths]
             keep = [i for i, v in enumerate(vals) if v]
             mean, std = np.array([np.mean(vals[i]) for i in keep]), np.array([np.std(vals[i]) for i in keep])
