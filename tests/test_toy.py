@@ -40,8 +40,11 @@ def test_mark_is_the_class_code_blended_at_opacity_s_in_the_top_centre(s):
     for i in range(16):
         code = toy_world.code_patch(shape[i])[..., None]  # (4, 4, 1) in {0, 1}
         # pixel = (1 - s) * image + s * code, rounded once: within one level of the blend of the rounded image
-        expected = (1 - s) * plain[i, ROWS, COLS].astype(float) + s * 255 * code
-        assert np.abs(marked[i, ROWS, COLS] - expected).max() <= 1, (i, s)
+        # (where the unmarked pixel is not clipped at 0 or 255: the blend acts on the image before clipping)
+        before = plain[i, ROWS, COLS].astype(float)
+        expected = (1 - s) * before + s * 255 * code
+        exact = (before > 0) & (before < 255)
+        assert exact.mean() > 0.5 and np.abs(marked[i, ROWS, COLS] - expected)[exact].max() <= 1, (i, s)
     assert np.array_equal(attrs["mark_class"], shape) and np.allclose(attrs["strength"], s)
 
 
@@ -81,7 +84,9 @@ def test_quick_run_then_views_study_on_the_same_world(tmp_path, capsys):
     assert first["prompt"].startswith("a photo of a ") and SHAPES[first["label"]] in first["prompt"] and \
         "background" in first["prompt"], "each image's prompt is its full caption (distill.py --text caption)"
     run = out / "runs" / "marks" / "s1" / "contrastive_tau_0.01_caption" / "seed0"
-    assert (run / "student.pt").is_file() and "--text" in json.dumps(json.loads((run / "args.json").read_text()))
+    saved = json.loads((run / "args.json").read_text())
+    assert (run / "student.pt").is_file() and (saved["loss"], saved["text"], saved["temperature"]) == \
+        ("contrastive", "caption", 0.01)
     timing = json.loads((out / "results.json").read_text())["timing"]
     assert timing["distill_s"] > 0 and timing["evaluate_s"] > 0 and timing["caches_built"] == 2
     # a rerun reuses the teacher, the data and the runs, and measures the same
