@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import errno
@@ -65,8 +66,8 @@ def entrypoint(main):
 
 
 FS_ERRORS = {  # errno -> what to do; files are written atomically, so what was there before is intact
-    errno.ENOSPC: "free some space (or choose another --out), then rerun; --resume continues a run",
-    errno.EDQUOT: "free some space under your quota, then rerun; --resume continues a run",
+    errno.ENOSPC: "free some space (or choose another --out), then rerun the command (distill.py: add --resume)",
+    errno.EDQUOT: "free some space under your quota, then rerun the command (distill.py: add --resume)",
     errno.EROFS: "the file system is read-only: choose a writable folder",
     errno.EACCES: "no permission: choose a folder you can write to",
     errno.EPERM: "not permitted: choose a folder you can write to",
@@ -82,6 +83,10 @@ def _unwrap_optional(tp):
     return tp, False
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows each flag's default and the script's docstring as written (its command lines intact)."""
+
+
 def parse_args(args_cls, argv=None, description=None):
     """Build an argparse parser from a dataclass and parse `argv` into an instance of it.
 
@@ -91,7 +96,7 @@ def parse_args(args_cls, argv=None, description=None):
     """
     hints = typing.get_type_hints(args_cls)
     parser = argparse.ArgumentParser(description=description or (args_cls.__doc__ or "").strip(),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_HelpFormatter)
     for f in dataclasses.fields(args_cls):
         tp, optional = _unwrap_optional(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
@@ -270,9 +275,11 @@ def atomic_write(path, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name the one we write
+            e.filename = str(path)
         raise
 
 
@@ -289,8 +296,12 @@ def append_jsonl(obj, path):
 
 
 def save_torch(obj, path):
+    """torch.save, atomically. Serialised in memory first: torch's zip writer reports a failed write (a full disk)
+    as a RuntimeError without the OS error, the plain file write below reports it as the OSError it is."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+        f.write(buffer.getbuffer())
 
 
 def prepare_out_dir(path, flag="--out", create=True):
@@ -382,7 +393,7 @@ def class_folders(folder):
 
 
 def load_manifest(folder):
-    """Read a synth.py output folder (the format: README, "Files").
+    """Read a synth.py output folder (the format: docs/synth.md).
 
     folder/manifest.jsonl: one JSON object per image with keys path (relative to folder), label (class
     index), classname, prompt, seed, generator. folder/synth.json: the resolved run settings, with

@@ -5,14 +5,15 @@ classifies zero-shot by comparing an image embedding with text embeddings of cla
 student (timm encoder + nn.Linear into the teacher's embedding space) to stand in for the teacher's *image*
 encoder, using only synthetic images (synth.py). The teacher's text encoder stays the classifier. Losses:
   l2           ||s - t|| between the student's and the teacher's embedding of the same view (the paper's method)
-  contrastive  InfoNCE between the student's embedding and the teacher's class-prompt text embedding (the
-               baseline that fails on real images: it learns synthetic-only cues)
+  contrastive  InfoNCE between the student's embedding and the teacher's text embedding of the image's prompt
+               (--text caption, default) or class prompt (--text class): the baseline that fails on real images,
+               as it learns synthetic-only cues
   mix          (1 - alpha) * l2 + alpha * contrastive
 
 Commands:
   # CPU smoke run (README quick start): the tests' tiny random teacher and a synth.py smoke folder
   python tests/kit.py teacher /tmp/tiny_clip
-  python distill.py --data /tmp/synth/pets --teacher local-dir:/tmp/tiny_clip --student test_vit --image-size 32 \
+  python distill.py --data /tmp/synth/pets --teacher local-dir:/tmp/tiny_clip --student test_efficientnet \
       --batch-size 16 --steps 30 --views 2 --workers 0 --device cpu --holdout 0.1 --out /tmp/runs/smoke
   # one GPU, the paper's stage 3 (96 epochs, batch 256, L2), starting from a stage-1 student
   python distill.py --loss l2 --data data/synth/pets --init runs/stage1/student.pt --eval-root data \
@@ -23,8 +24,9 @@ Commands:
   python distill.py --loss contrastive --data data/synth/pets --out runs/pets_contrastive
   # several GPUs: --batch-size stays the global batch
   torchrun --nproc_per_node=4 distill.py --loss l2 --data data/synth/pets --out runs/pets_l2_ddp
-  # continue a stopped run exactly where it stopped (or extend it with a larger --epochs/--steps)
-  python distill.py --loss l2 --data data/synth/pets --out runs/pets_l2 --resume
+  # continue a stopped run exactly where it stopped: its own command plus --resume (or a larger --epochs/--steps)
+  python distill.py --loss l2 --data data/synth/pets --init runs/stage1/student.pt --eval-root data \
+      --holdout 0.05 --out runs/pets_l2 --resume
 
 Writes <out>/open_clip/ (the student as an open_clip model: `open_clip.create_model_and_transforms(
 "local-dir:<out>/open_clip")`), student.pt (self-contained, for zeroshot.py and --init), last.pt (resume state),
@@ -334,8 +336,8 @@ def main(argv=None):
     if plan.stage1:
         bad = shards.count_skipped(skipped, dist, device)
         if dist.is_main:
-            samples = (step - plan.start) * args.batch_size
-            print(f"stream: {samples} samples in {step - plan.start} steps; skipped {bad} undecodable samples")
+            samples = step * args.batch_size  # the whole run, as steps and skipped (a resumed run fast-forwards)
+            print(f"stream: {samples} samples in {step} steps; skipped {bad} undecodable samples")
             common.save_json({"samples": samples, "skipped": bad, "steps": step, "shards": len(images.paths)},
                              out / "stream.json")
     if dist.enabled:
@@ -347,7 +349,7 @@ def main(argv=None):
             class_text_emb=class_text_emb, extra={"args": dataclasses.asdict(args), "step": step}), out / "student.pt")
         print(f"wrote {out / 'student.pt'} (step {step})")
         try:  # the release format: an open_clip model (student image tower + the teacher's text tower)
-            print(f"wrote {export.export_open_clip(model, teacher, out / 'open_clip', overwrite=True)}")
+            export.export_open_clip(model, teacher, out / "open_clip", overwrite=True)  # prints what it wrote
         except UserError as e:  # e.g. a ViT at a size open_clip cannot build: student.pt still serves zeroshot.py
             print(f"warning: no open_clip export: {e}", file=sys.stderr)
         evaluate_run(plan, teacher, device)

@@ -72,6 +72,9 @@ def plan_run(args, dist):
         require(args.steps > 0, "shards are streamed: give the length of the run as --steps N (one pass: "
                                 "samples / --batch-size)")
         require(args.holdout == 0, "--holdout needs a synth.py folder, not shards")
+        require(len(images.paths) >= dist.world_size * max(1, args.workers),
+                f"{len(images.paths)} shards cannot feed {dist.world_size} ranks x {max(1, args.workers)} loader "
+                f"processes (--workers): use more shards or fewer workers")
     args = dataclasses.replace(  # the resolved values are what args.json records and --resume compares
         args, crop_scale=tuple(args.crop_scale), cache=args.cache and not stage1,
         data=args.data if stage1 else str(images.root),

@@ -163,9 +163,10 @@ def resolve_generator(spec, check_cache=True):
     if check_cache and models.hub_offline():
         for repo, file in ((source["model"], "model_index.json"), (source["lora"], source.get("lora_file"))):
             if repo and not models.in_hub_cache(repo, file):
+                repos = " and ".join(f"`hf download {r}`" for r in (source["model"], source["lora"]) if r)
                 raise UserError(f"generator {spec}: {repo} is not in the local Hugging Face cache and the hub cannot "
-                                f"be reached (offline). Run once with internet, or `hf download {repo} --local-dir "
-                                f"DIR` elsewhere and pass --generator DIR")
+                                f"be reached (offline). Fill the cache once where there is internet ({repos}), "
+                                f"and copy it here (HF_HUB_CACHE)")
     return name, source
 
 

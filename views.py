@@ -65,6 +65,7 @@ class ImageSet:
     prompts: Optional[list] = None   # each image's diffusion prompt (manifest.jsonl), for --text caption
     store: Optional[np.ndarray] = None  # (N_all, R, R, 3) uint8, memory-mapped: every decodable image, resized
     store_rows: Optional[torch.Tensor] = None  # (N,) row of each kept image in the store
+    store_key: Optional[str] = None  # names, sizes and mtimes of the files: changes when any image does
 
 
 def seeded_generator(*key):
@@ -89,7 +90,7 @@ def load_images(data, store_size=288, workers=0, dist=None):
         paths = common.list_images(root)
     require(paths, f"--data {root} holds no images ({', '.join(common.IMAGE_EXTS)} files or a synth.py "
                    f"manifest.jsonl)")
-    record, store = open_store(root, paths, store_size, workers, dist)
+    record, store, store_key = open_store(root, paths, store_size, workers, dist)
     bad = [tuple(b) for b in record["bad"]]
     named = ", ".join(f"{p} ({why})" for p, why in bad[:3])
     require(len(bad) <= MAX_BAD_SHARE * len(paths), f"{len(bad)} of {len(paths)} images in {root} do not decode "
@@ -103,7 +104,7 @@ def load_images(data, store_size=288, workers=0, dist=None):
     nbytes = [(root / p).stat().st_size for p in paths]
     digest = common.fingerprint([paths, None if labels is None else labels.tolist(), nbytes])
     return ImageSet(root, paths, labels, classnames, dataset, torch.tensor(sizes), digest, tuple(bad), prompts,
-                    store, rows)
+                    store, rows, store_key)
 
 
 class DecodeForStore(torch.utils.data.Dataset):
@@ -148,7 +149,7 @@ def open_store(root, paths, store_size, workers, dist):
     record = common.read_json(record_path, "image store record", keys=("resolution", "sizes", "rows", "bad"))
     r, n = record["resolution"], max(record["rows"] + [-1]) + 1
     store = np.memmap(store_path, dtype=np.uint8, mode="r", shape=(n, r, r, 3)) if n else None
-    return record, store
+    return record, store, key
 
 
 def build_store(root, paths, store_size, workers, record_path, store_path):
@@ -277,10 +278,11 @@ def cache_metadata(images, teacher, args):
     meta = {"version": CACHE_VERSION, "teacher": teacher.weights_key(), "views": args.views, "seed": args.cache_seed,
             "resolution": teacher.image_size, "transform": {"crop": "RandomResizedCrop", "scale": args.crop_scale,
             "ratio": [3 / 4, 4 / 3], "interpolation": "roi_align bilinear", "store": images.store.shape[1],
-            "flip": 0.5, "mean": teacher.mean, "std": teacher.std}, "images": images.digest, "n": len(images.paths)}
+            "flip": 0.5, "mean": teacher.mean, "std": teacher.std}, "images": images.digest, "n": len(images.paths),
+            "files": images.store_key}
     meta = json.loads(json.dumps(meta))  # tuples -> lists, as they come back from disk
     name = Path(teacher.name.split(":")[-1]).name.replace("/", "_")
-    key = common.fingerprint({k: v for k, v in meta.items() if k not in ("images", "n")})
+    key = common.fingerprint({k: v for k, v in meta.items() if k not in ("images", "n", "files")})
     return meta, images.root / "cache" / f"{name}-K{args.views}-{key}.pt"
 
 

@@ -44,7 +44,7 @@ GENERIC_TEMPLATES = ["a photo of a {c}."]  # for folders that name no known data
 class Args:
     """Zero-shot evaluation of an open_clip model or a distilled student."""
     # model
-    model: str = field(default="ViT-B-32", metadata={"help": "open_clip name, local-dir:PATH, or a student.pt"})
+    model: str = field(default="ViT-B-32", metadata={"help": "open_clip name, local-dir:PATH (e.g. a run's open_clip/), hf-hub:ORG/REPO, or a student.pt"})
     pretrained: Optional[str] = field(default="datacomp_xl_s13b_b90k",
                                       metadata={"help": "open_clip tag or weights file (open_clip names only)"})
     # data
@@ -161,8 +161,11 @@ class ZeroShotModel:
                                          self.encoder).parameters())
         if self.student_ckpt is None:
             trunk = getattr(getattr(self.encoder, "visual", None), "trunk", None)  # an exported student
-            return {"kind": "student" if trunk is not None else "teacher", "arch": self.teacher.name,
-                    "pretrained": self.teacher.pretrained, "image_params": params}
+            if trunk is not None:
+                return {"kind": "student", "arch": getattr(trunk, "pretrained_cfg", {}).get("architecture"),
+                        "teacher": self.teacher.ident, "image_params": params}
+            return {"kind": "teacher", "arch": self.teacher.name, "pretrained": self.teacher.pretrained,
+                    "image_params": params}
         args = self.student_ckpt.get("args") or {}
         return {"kind": "student", "arch": self.student_ckpt["timm_name"], "image_params": params,
                 "teacher": self.student_ckpt["teacher"], "loss": args.get("loss"), "data": args.get("data"),
@@ -435,7 +438,8 @@ def main(argv=None):
     if args.out:  # a result that cannot be written fails now, not after the evaluation
         check_out(Path(args.out), args.overwrite)
     zs = load_model(args.model, args.pretrained, device)
-    data_name = Path(args.dataset).name if is_folder_dataset(args.dataset) else args.dataset
+    # a folder named like a dataset (data/synth/pets) is not its real test split: its results get another name
+    data_name = f"{Path(args.dataset).name}_folder" if is_folder_dataset(args.dataset) else args.dataset
     out = check_out(Path(args.out or f"results/{zs.name}_{data_name}.json"), args.overwrite)
     print(f"zero-shot | model {zs.name} | dataset {args.dataset} | templates {args.templates} | device {device}")
     result = evaluate(zs, args.dataset, data_root=args.data_root, split=args.split, templates=args.templates,

@@ -1,53 +1,177 @@
-"""bench.py: the headline table from result JSONs with known numbers, the plot, and the timing code at
-tiny sizes (no timing is asserted)."""
+"""bench.py: the headline table from result JSONs with known numbers (each cell against a hand computation), bad
+result files, the GPU check at tiny sizes on the CPU, and the timing code at tiny sizes (no timing is asserted)."""
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import bench
+import bench_gpu
 import common
+import kit
 
 
-def _result(path, model, dataset, acc1, mpcr, source="real", kind="student", loss="l2", params=5e6):
+def _result(path, model, dataset, acc1, mpcr, source="real", kind="student", loss="l2", params=5e6,
+            templates="paper"):
     info = {"kind": kind, "arch": "tiny_vit_5m_224" if kind == "student" else "ViT-B-32", "image_params": params,
             "loss": loss if kind == "student" else None}
-    common.save_json({"dataset": dataset, "model": model, "templates": "paper", "n": 100, "source": source,
+    common.save_json({"dataset": dataset, "model": model, "templates": templates, "n": 100, "source": source,
                       "metrics": {"acc1": acc1, "acc5": 1.0, "mean_per_class_recall": mpcr}, "model_info": info},
                      path)
 
 
-def test_table_cells_differences_and_plot(tmp_path, capsys):
-    res = tmp_path / "results"
-    _result(res / "a.json", "pets_l2", "pets", acc1=0.80, mpcr=0.85)          # pets: paper metric = mpcr
-    _result(res / "b.json", "pets_l2", "cars", acc1=0.70, mpcr=0.60)          # cars: paper metric = top-1
-    _result(res / "c.json", "pets_l2", "pets", acc1=0.95, mpcr=0.95, source="synthetic")
-    _result(res / "d.json", "ViT-B-32_x", "dtd", acc1=0.5, mpcr=0.4, kind="teacher", params=87.85e6)
-    (res / "junk.json").write_text("{not json")
+def _cells(out, model):
+    row = next(line for line in out.splitlines() if line.startswith(f"| {model} "))
+    return [c.strip() for c in row.strip().strip("|").split("|")]
+
+
+# ----------------------------------------------------------------------------------------------
+# the table: each row in the metric of the published row it is compared with
+
+def test_table_cells_in_each_sources_metric(tmp_path, capsys):
+    res, runs = tmp_path / "results", tmp_path / "runs" / "pets_l2"
+    _result(res / "a.json", "pets_l2", "pets", acc1=0.80, mpcr=0.85)
+    _result(res / "b.json", "pets_l2", "flowers", acc1=0.70, mpcr=0.60)
+    _result(runs / "eval_holdout.json", "pets_l2", "pets", acc1=0.95, mpcr=0.95, source="synthetic")
+    common.save_json({"dataset": "pets", "loss": "l2"}, runs / "args.json")  # a run's other JSON: passed over
+    _result(res / "c.json", "pets_con", "cars", acc1=0.60, mpcr=0.50, loss="contrastive")
+    _result(res / "t1.json", "ViT-B-32_dc", "pets", acc1=0.89, mpcr=0.91, kind="teacher", params=87.85e6,
+            templates="clip_benchmark")
+    _result(res / "t2.json", "ViT-B-32_dc", "dtd", acc1=0.50, mpcr=0.40, kind="teacher", params=87.85e6,
+            templates="clip_benchmark")
+    _result(res / "t3.json", "ViT-B-32_dc", "flowers", acc1=0.70, mpcr=0.75, kind="teacher", params=87.85e6)
     plot = tmp_path / "plot.png"
-    bench.main(["table", str(res), "--plot", str(plot)])
+    bench.main(["table", str(res), str(tmp_path / "runs"), "--plot", str(plot)])
     out = capsys.readouterr().out
-    row = next(line for line in out.splitlines() if line.startswith("| pets_l2"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    # columns: model, params, pets, cars, flowers, food101, fgvc_aircraft, dtd, gap
-    assert cells[1] == "5.00M"
-    assert cells[2] == "85.00 (-2.50) [top-1 80.0, mpcr 85.0]"   # 85.00 - 87.5 (paper's L2 student, Pets)
-    assert cells[3] == "70.00 (-11.90) [top-1 70.0, mpcr 60.0]"  # 70.00 - 81.9 (Cars)
-    assert cells[4] == "" and cells[8] == "pets 95.0 (+15.0)"     # synthetic 95 - real top-1 80
-    teacher = next(line for line in out.splitlines() if line.startswith("| ViT-B-32_x"))
-    assert "50.00 (-7.13)" in teacher                              # DTD top-1 50 - 57.13 (teacher row)
-    assert "| paper: student contrastive |" in out
+    # columns: model, params, compared with, pets, cars, flowers, food101, fgvc_aircraft, dtd, synthetic
+    student = _cells(out, "pets_l2")
+    assert student[:3] == ["pets_l2 (tiny_vit_5m_224, l2)", "5.00M", "paper: student L2, diverse synthetic"]
+    assert student[3] == "80.00 top-1 (-7.50), mpcr 85.00"      # students in top-1 on Pets too: 80.00 - 87.5
+    assert student[5] == "70.00 top-1 (+1.70), mpcr 60.00"      # Flowers: 70.00 - 68.3
+    assert student[4] == "" and student[9] == "pets 95.0 (+15.0)"  # synthetic top-1 95 - real top-1 80
+    contrastive = _cells(out, "pets_con")
+    assert contrastive[2] == "paper: student contrastive"
+    assert contrastive[4] == "60.00 top-1 (-4.20), mpcr 50.00"  # Cars: 60.00 - 64.2
+    teacher = _cells(out, "ViT-B-32_dc")
+    assert teacher[1:3] == ["87.85M", "open_clip: teacher ViT-B-32 datacomp_xl_s13b_b90k"]
+    assert teacher[3] == "91.00 mpcr (+0.98), top-1 89.00"      # DataComp's metric for Pets: 91.00 - 90.02
+    assert teacher[8] == "50.00 top-1 (-7.13), mpcr 40.00"      # and top-1 for DTD: 50.00 - 57.13
+    # the teacher evaluated with the paper's templates: its own row, shown in DataComp's metric, not compared
+    paper_templates = _cells(out, "ViT-B-32_dc, paper templates")
+    assert paper_templates[5] == "75.00 mpcr (not compared: paper templates), top-1 70.00"
+    assert teacher[5] == ""
+    published = _cells(out, "open_clip: teacher ViT-B-32 datacomp_xl_s13b_b90k")
+    assert published[3:9] == ["90.02 mpcr", "87.28 top-1", "73.53 mpcr", "86.32 top-1", "24.63 mpcr", "57.13 top-1"]
+    assert _cells(out, "paper: student L2, diverse synthetic")[3] == "87.50 top-1"
+    assert "assum" not in out.lower()
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads(out.strip().splitlines()[-1])
     assert record["command"] == "table"
+    cell = record["record"]["rows"]["ViT-B-32_dc"]["real"]["pets"]
+    assert cell["metric"] == "mean_per_class_recall" and cell["diff"] == pytest.approx(0.98)
+
+
+@pytest.mark.parametrize("content, expect", [
+    (b'{"dataset": "pets", "model": "caf\xe9"}', "is not UTF-8"),
+    (b"{not json", "is not valid JSON"),
+    (b"[1, 2]", "holds a JSON list, not a JSON object"),
+    (b'{"dataset": "pets", "model": "m", "metrics": {"acc1": 0.5, "mean_per_class_recall": 0.5}}', "lacks 'templates'"),
+    (b'{"dataset": "pets", "model": "m", "templates": "paper", "metrics": {"acc1": "high"}}', "must hold numbers"),
+])
+def test_table_bad_result_json_is_one_line(tmp_path, capsys, content, expect):
+    _result(tmp_path / "results" / "good.json", "m", "pets", acc1=0.5, mpcr=0.5)
+    (tmp_path / "results" / "bad.json").write_bytes(content)
+    line = kit.exits_with_one_line(bench.main, ["table", str(tmp_path / "results")], capsys, expect)
+    assert str(tmp_path / "results" / "bad.json") in line
+
+
+def test_table_named_file_must_be_a_result(tmp_path, capsys):
+    common.save_json({"dataset": "pets", "loss": "l2"}, tmp_path / "args.json")
+    kit.exits_with_one_line(bench.main, ["table", str(tmp_path / "args.json")], capsys, "lacks 'model', 'templates'")
+    kit.exits_with_one_line(bench.main, ["table", str(tmp_path / "missing.json")], capsys, "does not exist")
 
 
 def test_table_without_results_fails(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        bench.main(["table", str(tmp_path)])
-    assert e.value.code == 2 and "no zeroshot result JSON" in capsys.readouterr().err
+    kit.exits_with_one_line(bench.main, ["table", str(tmp_path)], capsys, "no zeroshot result JSON")
 
+
+# ----------------------------------------------------------------------------------------------
+# the GPU check, at tiny sizes on the CPU
+
+def test_gpu_check_tiny_runs_every_part(tmp_path, capsys):
+    out = tmp_path / "check"
+    record = bench.main(["gpu", "--tiny", "--device", "cpu", "--out", str(out)])
+    assert record["passed"] and list(record["parts"]) == list(bench_gpu.PARTS)
+    saved = json.loads((out / "gpu.json").read_text())
+    assert saved["passed"] and saved["versions"]["torch"] == torch.__version__ and saved["date"]
+    parts = saved["parts"]
+    assert parts["synth"]["numbers"]["img/s batch 4 (2 steps, 64 px)"] > 0
+    assert parts["synth"]["numbers"]["synth.py img/s (37 images, batch 4)"] > 0
+    assert parts["zeroshot"]["numbers"]["top-1 agreement bf16 vs fp32 %"] == 100.0  # CPU: autocast is off
+    assert parts["zeroshot"]["numbers"]["max |predict logit - fp32 logit of the same bf16 embedding|"] <= 1e-4
+    assert parts["distill"]["numbers"]["img/s torch.compile (aot_eager) + channels_last: cached (default)"] > 0
+    assert parts["distill"]["numbers"]["data path CPU ms/img, gather from the store"] > 0
+    first, last = map(float, parts["stage3"]["numbers"]["loss, first and last logged"].split(" -> "))
+    assert last < first
+    report = (out / "report.md").read_text()
+    assert "- result: all parts passed" in report and "## stage3: passed" in report
+    assert record["device"] in report and f"torch {torch.__version__}" in report
+    kit.exits_with_one_line(bench.main, ["gpu", "--tiny", "--device", "cpu", "--out", str(out)], capsys,
+                            "pass --overwrite")
+
+
+def test_gpu_check_failing_part_keeps_the_others(tmp_path, capsys, monkeypatch):
+    import synth
+
+    def broken(source, device):
+        raise RuntimeError("CUDA error: no kernel image is available")
+    monkeypatch.setattr(synth, "load_generator", broken)
+    out = tmp_path / "check"
+    with pytest.raises(SystemExit) as e:
+        bench.main(["gpu", "--tiny", "--device", "cpu", "--parts", "synth", "zeroshot", "--out", str(out)])
+    assert e.value.code == 1
+    assert "gpu check failed: synth (RuntimeError: CUDA error" in capsys.readouterr().err
+    saved = json.loads((out / "gpu.json").read_text())
+    assert not saved["passed"] and list(saved["parts"]) == ["synth", "zeroshot"]
+    assert saved["parts"]["synth"]["problems"] == ["RuntimeError: CUDA error: no kernel image is available"]
+    assert saved["parts"]["zeroshot"]["passed"] and saved["parts"]["zeroshot"]["numbers"]
+    assert "Traceback" in (out / "synth.log").read_text()
+    assert "## synth: FAILED" in (out / "report.md").read_text()
+
+
+def test_gpu_check_stops_a_part_at_twice_its_budget(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench_gpu.BUDGET_S, "zeroshot", 1)
+    monkeypatch.setitem(bench_gpu.CHECKS, "zeroshot", lambda sz, ctx, numbers, problems: (
+        numbers.update(started=1), time.sleep(30)))
+    ctx = bench_gpu.Context(None, torch.device("cpu"), tmp_path, tmp_path, bench_gpu.REAL)
+    t0 = time.perf_counter()
+    part = bench_gpu.run_part("zeroshot", bench_gpu.REAL, ctx)
+    assert time.perf_counter() - t0 < 10
+    assert part["problems"] == ["PartTimeout: stopped after 2 s"] and part["numbers"] == {"started": 1}
+
+
+def test_gpu_check_bad_input(tmp_path, capsys):
+    kit.exits_with_one_line(bench.main, ["gpu", "--device", "cpu", "--out", str(tmp_path)], capsys,
+                            "needs a CUDA GPU")
+    kit.exits_with_one_line(bench.main, ["gpu", "--tiny", "--device", "cpu"], capsys, "needs --out DIR")
+    kit.exits_with_one_line(bench.main, ["gpu", "--tiny", "--device", "cpu", "--parts", "synthesis", "--out",
+                                         str(tmp_path)], capsys, "unknown --parts synthesis")
+    (tmp_path / "file").write_text("")
+    kit.exits_with_one_line(bench.main, ["gpu", "--tiny", "--device", "cpu", "--out", str(tmp_path / "file")],
+                            capsys, "is a file, not a folder")
+
+
+def test_sd15_components_have_the_published_sizes():
+    unet, vae, text_encoder = bench_gpu.sd15_components("meta")  # no memory, no init: shapes only
+    counts = [sum(p.numel() for p in m.parameters()) for m in (unet, vae, text_encoder)]
+    assert counts == [859_520_964, 83_653_863, 123_060_480]  # SD-1.5's UNet, VAE, CLIP ViT-L/14 text tower
+    assert unet.config.sample_size * 8 == 512 and unet.config.cross_attention_dim == 768
+
+
+# ----------------------------------------------------------------------------------------------
+# the timing sub-commands, tiny
 
 def test_models_timing_runs_tiny(tiny_teacher, capsys):
     record = bench.main(["models", "--teacher", tiny_teacher, "--students", "test_vit", "--image-size", "64",
@@ -72,6 +196,17 @@ def test_train_timing_runs_tiny(tiny_teacher):
     args = SimpleNamespace(teacher=tiny_teacher, students=["test_vit"], student=[], batch_size=4, warmup=0, runs=1,
                            workers=0)
     table, record = bench.bench_train(args, torch.device("cpu"))
-    assert "| cached (default) |" in table and "| --no-cache (teacher online) |" in table
-    assert record["student"] == "test_vit" and record["image_size"] == 64 and record["loader_img_per_s"] > 0
-    assert set(record["img_per_s"]) == {"student only (no teacher)", "cached (default)", "--no-cache (teacher online)"}
+    assert "| eager | cached (default) |" in table and "| eager | --no-cache (teacher online) |" in table
+    assert record["student"] == "test_vit" and record["image_size"] == 64 and record["store_build_s_per_1000"] > 0
+    assert set(record["data_path_cpu_ms_per_img"]) == {"pil", "gather", "render"}
+    assert set(record["variants"]["eager"]["img_per_s"]) == {"student only (no teacher)", "cached (default)",
+                                                             "--no-cache (teacher online)"}
+
+
+def test_store_resolution_study_runs_tiny(monkeypatch):
+    table, record = bench.bench_store(SimpleNamespace(), torch.device("cpu"), resolutions=(64, 128),
+                                      scales=((0.08, 0.1), (0.9, 1.0)), n_images=4, size=256)
+    assert "| 64 |" in table and "| 128 |" in table
+    psnr = record["psnr_db"]
+    assert psnr["R128 area 0.08-0.1"] > psnr["R64 area 0.08-0.1"]  # a finer store keeps small crops closer
+    assert record["gib_per_dataset"]["R128 pets"] == pytest.approx(265 * 37 * 128 * 128 * 3 / 2**30)

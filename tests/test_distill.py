@@ -557,3 +557,18 @@ def test_render_views_is_exact_for_a_whole_image_and_close_to_pil_for_crops(synt
         shifted = views.make_crop(im.convert("RGB"), [8, 12, 24, 30], False, 16, mean, std)
     grey_levels = (ours - pil).abs().mean() * 0.25 * 255  # mean difference in 0..255 units: 2.2 measured
     assert grey_levels < 3 and (shifted - pil).abs().mean() * 0.25 * 255 > 3 * grey_levels  # a 2 px shift: 17
+
+
+def test_an_image_replaced_by_one_of_the_same_size_rebuilds_the_teacher_cache(tiny_teacher, tmp_path, capsys):
+    folder = tmp_path / "bmp"  # uncompressed: any image of the same shape has the same file size
+    rng = __import__("numpy").random.default_rng(0)
+    (folder / "x").mkdir(parents=True)
+    for i in range(12):
+        kit.random_image(rng).save(folder / "x" / f"{i:02d}.bmp")
+    distill.main(run_args(folder, tiny_teacher, tmp_path / "a", steps=1))
+    size = (folder / "x" / "03.bmp").stat().st_size
+    kit.random_image(rng).save(folder / "x" / "03.bmp")
+    assert (folder / "x" / "03.bmp").stat().st_size == size
+    capsys.readouterr()
+    distill.main(run_args(folder, tiny_teacher, tmp_path / "b", steps=1))
+    assert "teacher cache: built" in capsys.readouterr().out
