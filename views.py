@@ -250,25 +250,6 @@ def make_crop(image, box, flip, size, mean, std):
     return TF.normalize(TF.to_tensor(image), mean, std)  # (3, size, size)
 
 
-class Views(torch.utils.data.Dataset):
-    """Key (image, view, box, flip) -> ([crop at each of `resolutions`], image, view). The box comes with the key,
-    so a view's pixels depend on nothing else (not the worker, not a random stream)."""
-
-    def __init__(self, images, resolutions, mean, std):
-        self.images, self.resolutions, self.mean, self.std = images, resolutions, mean, std
-        self._last = (None, None)  # consecutive views of one image decode it once
-
-    def __len__(self):
-        return len(self.images.paths)
-
-    def __getitem__(self, key):
-        i, k, box, flip = key
-        if self._last[0] != i:
-            with Image.open(self.images.root / self.images.paths[i]) as im:
-                self._last = (i, im.convert("RGB"))
-        return [make_crop(self._last[1], box, flip, s, self.mean, self.std) for s in self.resolutions], i, k
-
-
 # ----------------------------------------------------------------------------------------------
 # the teacher cache
 
