@@ -44,7 +44,8 @@ GENERIC_TEMPLATES = ["a photo of a {c}."]  # for folders that name no known data
 class Args:
     """Zero-shot evaluation of an open_clip model or a distilled student."""
     # model
-    model: str = field(default="ViT-B-32", metadata={"help": "open_clip name, local-dir:PATH (e.g. a run's open_clip/), hf-hub:ORG/REPO, or a student.pt"})
+    model: str = field(default="ViT-B-32", metadata={
+        "help": "open_clip name, local-dir:PATH (e.g. a run's open_clip/), hf-hub:ORG/REPO, or a student.pt"})
     pretrained: Optional[str] = field(default="datacomp_xl_s13b_b90k",
                                       metadata={"help": "open_clip tag or weights file (open_clip names only)"})
     # data
