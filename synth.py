@@ -7,7 +7,7 @@ read. Image n of class c comes from its own seed, derived from (--seed, c, n); a
   # look at the prompts and counts, no generator needed
   python synth.py --dataset pets --per-class 5 --dry-run
   # CPU smoke run on the tiny random pipeline of the tests (no download)
-  python tests/kit_diffusers.py /tmp/tiny_sd
+  python tests/kit.py diffusion /tmp/tiny_sd
   python synth.py --dataset pets --per-class 2 --generator /tmp/tiny_sd --steps 2 --size 32 --out /tmp/synth
   # one GPU, the paper's generator (DreamShaper-7 + LCM-LoRA, 6 steps, 512 px, float16), 265 images per class
   python synth.py --dataset pets
