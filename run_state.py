@@ -81,7 +81,7 @@ def plan_run(args, dist):
         init=str(Path(args.init).expanduser().resolve()) if args.init else None)
     dataset = args.dataset or images.dataset
     out = Path(args.out or f"runs/{images.root.name}_{args.loss}_{args.student}").expanduser().resolve()
-    require(not out.exists() or out.is_dir(), f"--out {out} is a file, not a folder: pass a folder path")
+    common.prepare_out_dir(out, create=False)  # a folder we can write; created with args.json, after the last check
     require(args.loss == "l2" or images.labels is not None,
             f"--loss {args.loss} needs class labels, but {images.root} has no manifest.jsonl (a plain image "
             f"folder): use --loss l2 or a synth.py folder")
@@ -104,12 +104,10 @@ def plan_run(args, dist):
     data = {"images": images.digest, "train": len(train_idx)}
     state = load_resume_state(out, args, data) if args.resume else None
     if not args.resume:
-        require(not out.exists() or (out.is_dir() and not any(out.iterdir())),
+        require(not out.exists() or not any(out.iterdir()),
                 f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     require(state is None or args.schedule != "cosine" or state["total"] == total,
             f"--resume: the cosine schedule was set for {state and state['total']} steps; keep --steps/--epochs")
-    if dist.is_main:
-        common.prepare_out_dir(out, create=False)  # created when args.json is written, after the last check
     return Plan(args, stage1, images, dataset, out, holdout, train_idx, steps_per_epoch, total, state,
                 state["step"] if state else 0)
 
