@@ -35,6 +35,7 @@ import bench_gpu
 import bench_table
 import common
 import domains
+import eval_data
 import models
 from bench_timing import (bench_store, bench_train, count_flops, environment, generate, import_test_kit, markdown,
                           measure_model, save_random_teacher, sync, time_call)
@@ -156,8 +157,8 @@ def bench_zeroshot(args, device):
     # the image pass alone (classifier given): CLIP_benchmark's run_classification vs zeroshot.predict
     ds = build_dataset("pets", root=str(tmp / "data"), transform=teacher.preprocess, split="test", download=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
-    ours_loader = torch.utils.data.DataLoader(zeroshot.SkipBroken(ds), batch_size=args.batch_size,
-                                              num_workers=args.workers, collate_fn=zeroshot.collate_skipping)
+    ours_loader = torch.utils.data.DataLoader(eval_data.SkipBroken(ds), batch_size=args.batch_size,
+                                              num_workers=args.workers, collate_fn=eval_data.collate_skipping)
     t0 = time.perf_counter()
     cb.run_classification(teacher.model, clf, loader, device.type, amp=amp)
     results["clip_benchmark (image pass only)"] = {"seconds": time.perf_counter() - t0}

@@ -20,7 +20,6 @@ Writes results/<model>_<dataset>.json ({"dataset", "model", "templates", "n", "m
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -28,12 +27,12 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 import common
-import models
 import domains
+import eval_data
+import models
 from common import UserError, require
 
 TEMPLATE_SETS = {"paper": domains.PAPER_TEMPLATES, "clip_benchmark": domains.CLIP_BENCHMARK_TEMPLATES}
@@ -68,10 +67,6 @@ class Args:
 # ----------------------------------------------------------------------------------------------
 # class names and prompts
 
-def is_folder_dataset(dataset):
-    return dataset not in domains.DATASETS
-
-
 def resolve_classes(dataset, templates="paper"):
     """(classnames, template list) for a domains.py dataset name or an image folder.
 
@@ -79,9 +74,9 @@ def resolve_classes(dataset, templates="paper"):
     gets its sorted subfolder names (underscores read as spaces) and a generic template.
     """
     require(templates in TEMPLATE_SETS, f"unknown template set '{templates}': use {' or '.join(TEMPLATE_SETS)}")
-    if not is_folder_dataset(dataset):
+    if not eval_data.is_folder_dataset(dataset):
         return list(domains.CLASSNAMES[dataset]), list(TEMPLATE_SETS[templates][dataset])
-    folder = _check_folder(dataset)
+    folder = eval_data.check_folder(dataset)
     if (folder / "manifest.jsonl").is_file():
         _, classnames, info = common.load_manifest(folder)
         name = info.get("dataset")
@@ -89,14 +84,6 @@ def resolve_classes(dataset, templates="paper"):
             return classnames, list(TEMPLATE_SETS[templates][name])
         return classnames, list(info.get("templates") or GENERIC_TEMPLATES)
     return [c.replace("_", " ") for c in common.class_folders(folder)], list(GENERIC_TEMPLATES)
-
-
-def _check_folder(dataset):
-    folder = Path(dataset)
-    if not folder.exists():
-        raise UserError(f"unknown dataset '{dataset}': use one of {', '.join(domains.DATASETS)} or an image folder")
-    require(folder.is_dir(), f"{folder} is a file, not a dataset folder (class_name/*.jpg or a synth.py folder)")
-    return folder
 
 
 _CLASSIFIERS = {}  # in-process cache: key -> (C, D) tensor
@@ -213,117 +200,6 @@ def load_model(spec, pretrained=None, device="cpu"):
 
 
 # ----------------------------------------------------------------------------------------------
-# data: torchvision datasets and image folders, with corrupt images skipped
-
-TORCHVISION = {  # our name -> (torchvision class, extra kwargs)
-    "pets": ("OxfordIIITPet", {"target_types": "category"}),
-    "flowers": ("Flowers102", {}),
-    "cars": ("StanfordCars", {}),
-    "food101": ("Food101", {}),
-    "dtd": ("DTD", {}),
-    "fgvc_aircraft": ("FGVCAircraft", {"annotation_level": "variant"}),
-}
-CARS_HELP = ("torchvision cannot download Stanford Cars (its URL is dead): get it from Kaggle "
-             "(e.g. the 'stanford-cars-dataset' mirror) plus cars_test_annos_withlabels.mat, and lay it out as "
-             "<data-root>/stanford_cars/{devkit/cars_meta.mat, cars_test/*.jpg, cars_test_annos_withlabels.mat}")
-
-
-class FileList(torch.utils.data.Dataset):
-    """(path, label) pairs read with PIL."""
-
-    def __init__(self, samples, transform):
-        self.samples, self.transform = samples, transform
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        path, label = self.samples[i]
-        with Image.open(path) as img:
-            return self.transform(img.convert("RGB")), label
-
-
-def image_paths(ds):
-    """The file behind each index of a torchvision dataset or a FileList (for warnings)."""
-    for attr in ("_images", "_image_files"):
-        if hasattr(ds, attr):
-            return [str(p) for p in getattr(ds, attr)]
-    if hasattr(ds, "_samples"):
-        return [str(p) for p, _ in ds._samples]
-    if hasattr(ds, "samples"):
-        return [str(p) for p, _ in ds.samples]
-    return None
-
-
-def build_dataset(dataset, data_root, split, transform, download=False, subset=None):
-    """A torch Dataset of (image tensor, label) for a domains.py name or a folder."""
-    if is_folder_dataset(dataset):
-        folder = _check_folder(dataset)
-        if (folder / "manifest.jsonl").is_file():
-            items, _, _ = common.load_manifest(folder)
-            if subset is not None:
-                keep = set(subset)
-                items = [it for it in items if it[0] in keep]
-            samples = [(str(folder / p), y) for p, y in items]
-        else:
-            classes = common.class_folders(folder)
-            samples = [(str(folder / c / p), y) for y, c in enumerate(classes)
-                       for p in common.list_images(folder / c)]
-        require(samples, f"{folder} holds no images (expected class_name/*.jpg folders or a synth.py manifest)")
-        return FileList(samples, transform)
-    import torchvision.datasets as tvd
-    root = Path(data_root)
-    require(root.is_dir() or download, f"data root {root} does not exist: pass --data-root DIR (or --download)")
-    cls_name, kwargs = TORCHVISION[dataset]
-    if dataset == "cars" and download:
-        raise UserError(CARS_HELP)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = getattr(tvd, cls_name)(root=str(root), split=split, transform=transform, download=download, **kwargs)
-    except (RuntimeError, FileNotFoundError, OSError) as e:
-        hint = CARS_HELP if dataset == "cars" else "pass --download to let torchvision fetch it"
-        raise UserError(f"{dataset} ({cls_name}, split {split}) not found or incomplete under {root}: {hint} "
-                        f"[{str(e).splitlines()[0][:120]}]") from None
-    except ValueError as e:
-        raise UserError(f"{dataset}: {e}") from None
-    expected = len(domains.CLASSNAMES[dataset])
-    found = len(getattr(ds, "classes", []))
-    require(found in (0, expected), f"{dataset} under {root} has {found} classes, expected {expected}: "
-                                    f"the files are incomplete or of another version")
-    require(len(ds) > 0, f"{dataset} split {split} under {root} holds no images")
-    return ds
-
-
-class SkipBroken(torch.utils.data.Dataset):
-    """Wrap a dataset so an unreadable image yields None instead of killing the loader."""
-
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        try:
-            image, label = self.ds[i]
-            return image, int(label), i
-        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, unidentified, bad header
-            return None, -1, (i, (str(e).splitlines() or [type(e).__name__])[0][:100])
-
-
-def collate_skipping(batch):
-    """Stack good samples; return the indices (and reasons) of the broken ones."""
-    good = [b for b in batch if b[0] is not None]
-    broken = [b[2] for b in batch if b[0] is None]
-    if not good:
-        return None, None, broken
-    images = torch.stack([b[0] for b in good])
-    labels = torch.tensor([b[1] for b in good])
-    return images, labels, broken
-
-
-# ----------------------------------------------------------------------------------------------
 # the evaluation itself
 
 def predict(model, loader, classifier, device, amp=True, progress=True):
@@ -387,17 +263,18 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
     zs = model if isinstance(model, ZeroShotModel) else load_model(model, pretrained, device)
     zs.encoder.to(device).eval()
     classnames, template_list = resolve_classes(dataset, templates)
-    ds = build_dataset(dataset, data_root, split, zs.transform, download=download, subset=subset)
+    ds = eval_data.build_dataset(dataset, data_root, split, zs.transform, download=download, subset=subset)
     if limit is not None:
         ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
     classifier = zs.classifier(classnames, template_list, device, teacher=teacher)  # (C, D)
-    loader = torch.utils.data.DataLoader(SkipBroken(ds), batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=collate_skipping, pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(eval_data.SkipBroken(ds), batch_size=batch_size, shuffle=False,
+                                         num_workers=workers, collate_fn=eval_data.collate_skipping,
+                                         pin_memory=device.type == "cuda")
     t0 = time.time()
     logits, labels, broken = predict(zs.encoder, loader, classifier, device, amp=amp, progress=progress)
     seconds = time.time() - t0
     base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
-    paths = image_paths(base) or []
+    paths = eval_data.image_paths(base) or []
     names = [(paths[i] if i < len(paths) else f"index {i}", reason) for i, reason in broken]
     require(len(labels) > 0, f"no readable image in {dataset}: all {len(ds)} files failed to decode (first: "
                              f"{names[0][0] if names else '?'})")
@@ -405,11 +282,11 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
         print(f"warning: skipped unreadable image {name} ({reason})", file=sys.stderr)
     if broken:
         print(f"warning: skipped {len(broken)} of {len(ds)} images", file=sys.stderr)
-    if not is_folder_dataset(dataset):
+    if not eval_data.is_folder_dataset(dataset):
         source = "real"
     else:
         source = "synthetic" if (Path(dataset) / "manifest.jsonl").is_file() else "folder"
-    return {"dataset": Path(dataset).name if is_folder_dataset(dataset) else dataset, "model": zs.name,
+    return {"dataset": Path(dataset).name if eval_data.is_folder_dataset(dataset) else dataset, "model": zs.name,
             "templates": templates, "n": len(labels), "metrics": compute_metrics(logits, labels),
             "source": source, "split": split if source == "real" else None, "skipped": len(broken),
             "num_classes": len(classnames), "model_info": zs.info(),
@@ -437,14 +314,14 @@ def main(argv=None):
     require(args.batch_size > 0, "--batch-size must be positive")
     require(args.workers >= 0, "--workers must be >= 0")
     require(args.limit is None or args.limit > 0, "--limit must be positive")
-    require(not is_folder_dataset(args.dataset) or Path(args.dataset).exists(),
+    require(not eval_data.is_folder_dataset(args.dataset) or Path(args.dataset).exists(),
             f"unknown dataset '{args.dataset}': use one of {', '.join(domains.DATASETS)} or an image folder")
     device = common.pick_device(args.device)
     if args.out:  # a result that cannot be written fails now, not after the evaluation
         check_out(Path(args.out), args.overwrite)
     zs = load_model(args.model, args.pretrained, device)
     # a folder named like a dataset (data/synth/pets) is not its real test split: its results get another name
-    data_name = f"{Path(args.dataset).name}_folder" if is_folder_dataset(args.dataset) else args.dataset
+    data_name = f"{Path(args.dataset).name}_folder" if eval_data.is_folder_dataset(args.dataset) else args.dataset
     out = check_out(Path(args.out or f"results/{zs.name}_{data_name}.json"), args.overwrite)
     print(f"zero-shot | model {zs.name} | dataset {args.dataset} | templates {args.templates} | device {device}")
     result = evaluate(zs, args.dataset, data_root=args.data_root, split=args.split, templates=args.templates,

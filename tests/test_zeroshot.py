@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import common
 import models
 import domains
+import eval_data
 import kit
 import zeroshot
 
@@ -302,8 +303,8 @@ def test_tiny_teacher_under_cpu_bf16_autocast(tiny_teacher, monkeypatch, tmp_pat
     folder = kit.make_image_folder(tmp_path / "imgs", per_class=2)
     zs = zeroshot.load_model(tiny_teacher)
     clf = zs.classifier(*zeroshot.resolve_classes(str(folder)), "cpu")
-    ds = zeroshot.SkipBroken(zeroshot.build_dataset(str(folder), None, "test", zs.transform))
-    loader = torch.utils.data.DataLoader(ds, batch_size=6, collate_fn=zeroshot.collate_skipping)
+    ds = eval_data.SkipBroken(eval_data.build_dataset(str(folder), None, "test", zs.transform))
+    loader = torch.utils.data.DataLoader(ds, batch_size=6, collate_fn=eval_data.collate_skipping)
     fp32, _, _ = zeroshot.predict(zs.encoder, loader, clf, torch.device("cpu"), progress=False)
     monkeypatch.setenv("ZSD_CPU_BF16", "1")
     bf16, _, _ = zeroshot.predict(zs.encoder, loader, clf, torch.device("cpu"), progress=False)
