@@ -17,15 +17,11 @@ read. Image n of class c comes from its own seed, derived from (--seed, c, n); a
   torchrun --nproc_per_node=4 synth.py --dataset food101 --generator sdxl-lcm
   python synth.py --dataset cars --shard 0/2   # and --shard 1/2 elsewhere, same --out
 """
-import contextlib
 import functools
 import hashlib
-import json
 import os
-import queue
 import random
 import re
-import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -34,19 +30,15 @@ from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 import common
 import domains
 import llm_attributes
 import models
+import synth_folder
 from common import UserError, require
 
-try:
-    import fcntl  # serialises the manifest rewrite of concurrent shard jobs (POSIX)
-except ImportError:  # pragma: no cover
-    fcntl = None
 
 
 @dataclass
@@ -96,9 +88,6 @@ PRESETS = {
 }
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 OTHER_DEFAULTS = dict(steps=25, guidance=7.5)  # hub ids and folders: diffusers' usual SD settings, fewer steps
-# synth.json keys that decide the pixels or the prompts: a folder whose values differ holds a different run.
-IDENTITY = ("dataset", "classnames", "generator", "generator_source", "steps", "guidance", "size", "prompts",
-            "seed", "template", "vocabulary", "format", "save_size")
 
 
 def make_prompts(dataset, classnames, per_class, mode, seed, attributes=None):
@@ -245,103 +234,6 @@ def decode_in_float32(pipe, latents):
     return pipe.image_processor.postprocess(decoded, output_type="np")
 
 
-def check_folder(folder, info, skip=()):
-    """Refuse a folder that holds a different run; return the per-class count to record (extensions grow it)."""
-    path = folder / "synth.json"
-    if not path.is_file():
-        require(not (folder / "images").exists() and not (folder / "manifest.jsonl").exists(),
-                f"{folder} holds images but no synth.json, so not a synth.py run; use another --out")
-        return info["per_class"]
-    old = common.read_json(path, "synth.json", keys=("per_class",))
-    require(isinstance(old["per_class"], int), f"{path}: per_class is not a whole number; it was edited: restore it "
-                                               f"(the images per class of that run) or use another --out")
-    before, now = old.get("generator_source"), info["generator_source"]
-    if isinstance(before, dict) and "lora_file" in now and "lora_file" not in before:  # made before it was named
-        before["lora_file"] = now["lora_file"]
-    diff = [f"{k}: {old.get(k)!r:.60} vs {info[k]!r:.60}" for k in IDENTITY
-            if k not in skip and old.get(k) != info[k]]
-    require(not diff, f"{folder} holds a different run ({'; '.join(diff)}); use another --out or delete it")
-    require(info["per_class"] >= old["per_class"], f"{folder} holds {old['per_class']} images per class; pass "
-                                                   f"--per-class {old['per_class']} or more, or another --out")
-    return info["per_class"]
-
-
-def scan_images(folder, num_classes, per_class, ext):
-    """{(c, n)} of finished images on disk. Files appear by rename, so a file with a final name is complete."""
-    done = set()
-    for c in range(num_classes):
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(folder / "images" / f"{c:03d}"):
-                stem, dot, suffix = entry.name.partition(".")
-                if suffix == ext and stem.isdigit() and int(stem) < per_class:
-                    done.add((c, int(stem)))
-    return done
-
-
-def write_manifest(folder, done, record):
-    """Rewrite manifest.jsonl from the files on disk (sorted by class, image), atomically and under a lock."""
-    with open(folder / ".lock", "w") as lock:
-        if fcntl:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        done = done()  # scan inside the lock: the last writer sees every finished file
-        with common.atomic_write(folder / "manifest.jsonl", "w") as f:
-            f.writelines(json.dumps(record(c, n)) + "\n" for c, n in sorted(done))
-    return len(done)
-
-
-def save_image(array, path, fmt, save_size):
-    """(H, W, 3) float in [0, 1] -> image file, written to a temp file and renamed (never half-written)."""
-    image = Image.fromarray((array * 255).round().astype(np.uint8))  # diffusers' own numpy_to_pil rounding
-    if save_size and min(image.size) != save_size:
-        w, h = image.size
-        image = image.resize((round(w * save_size / min(w, h)), round(h * save_size / min(w, h))), Image.LANCZOS)
-    # temp file + fsync + rename: a kill, even a power cut, leaves only complete files under the final names, which
-    # is what makes "a file that exists is finished" safe on resume. The fsync waits on the disk, not the GIL.
-    with common.atomic_write(path) as f:
-        image.save(f, format="PNG" if fmt == "png" else "JPEG", **({"quality": 95} if fmt == "jpg" else {}))
-
-
-class Writer:
-    """Threads that save images (PNG/JPEG encoding releases the GIL) while the accelerator makes the next batch.
-    Each image is renamed into place first, then (single writer only) its manifest line is appended with one
-    O_APPEND write, so the manifest never names a missing file. The first error is re-raised by put()/check()."""
-
-    def __init__(self, folder, threads, fmt, save_size, manifest_fd=None, max_queued=16):
-        self.folder, self.fmt, self.save_size, self.fd = folder, fmt, save_size, manifest_fd
-        # a bounded queue: if saving falls behind, generation waits instead of piling images up in memory
-        self.queue, self.lock, self.error = queue.Queue(maxsize=max_queued), threading.Lock(), None
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        for t in self.threads:
-            t.start()
-
-    def _run(self):
-        while (item := self.queue.get()) is not None:
-            if self.error is None:  # after a failure, only drain the queue so put() never blocks
-                try:
-                    array, rec = item
-                    save_image(array, self.folder / rec["path"], self.fmt, self.save_size)
-                    if self.fd is not None:
-                        with self.lock:
-                            os.write(self.fd, (json.dumps(rec) + "\n").encode())
-                except BaseException as e:
-                    self.error = e
-
-    def put(self, array, rec):
-        self.check()
-        self.queue.put((array, rec))
-
-    def check(self):
-        if self.error is not None:
-            raise self.error
-
-    def close(self):
-        """Finish the queued images (they are complete) and stop the threads."""
-        for _ in self.threads:
-            self.queue.put(None)
-        for t in self.threads:
-            t.join()
-
-
 @common.entrypoint
 def main(argv=None):
     args = common.parse_args(Args, argv)
@@ -389,11 +281,11 @@ def main(argv=None):
                 template=domains.PAPER_TEMPLATES[args.dataset][0],
                 vocabulary={"diverse": domains.PROMPT_SLOTS[args.dataset], "simple": None,
                             "llm": attributes and attributes["classes"]}[args.prompts], version=1)
-    check_folder(folder, info, skip=() if info["size"] else ("size",))  # before the slow load
+    synth_folder.check_folder(folder, info, skip=() if info["size"] else ("size",))  # before the slow load
     pipe, dtype = (load_generator(source, dist.device) if args.dtype == "auto"  # its default: float16 on CUDA only
                    else load_generator(source, dist.device, DTYPES[args.dtype]))
     size = info["size"] = info["size"] or pipe.unet.config.sample_size * pipe.vae_scale_factor  # native size
-    info["per_class"] = check_folder(folder, info)
+    info["per_class"] = synth_folder.check_folder(folder, info)
     # Every process writes it (same identity; rank 0 may still be loading when rank 1 saves its first image), before
     # any image: a folder holding images always holds its synth.json.
     common.save_json(info, folder / "synth.json")
@@ -402,7 +294,8 @@ def main(argv=None):
         return {"path": f"images/{c:03d}/{n:05d}.{args.format}", "label": c, "classname": classnames[c],
                 "prompt": prompts[c][n], "seed": image_seed(args.seed, c, n), "generator": gen_name}
 
-    scan = functools.partial(scan_images, folder, num_classes, args.per_class, args.format)  # () -> {(c, n)} on disk
+    # () -> {(c, n)} on disk
+    scan = functools.partial(synth_folder.scan_images, folder, num_classes, args.per_class, args.format)
     mine = {item for batch in batches for item in batch}
     for c in {c for c, _ in mine}:  # temp files of a killed run, in this part's share only (others may be live)
         for tmp in (folder / "images" / f"{c:03d}").glob(".*.tmp"):
@@ -412,7 +305,7 @@ def main(argv=None):
     if parts == 1:  # the only writer: fix the manifest now (orphans, torn line), then append to it per image
         for tmp in folder.glob(".manifest.jsonl.*.tmp"):
             tmp.unlink(missing_ok=True)
-        write_manifest(folder, scan, record)
+        synth_folder.write_manifest(folder, scan, record)
         manifest_fd = os.open(folder / "manifest.jsonl", os.O_WRONLY | os.O_APPEND)
     done = scan()
     todo = sum(item not in done for item in mine)
@@ -421,7 +314,8 @@ def main(argv=None):
           f"{len(mine) - todo} on disk")
 
     t0, written, redecoded = time.time(), 0, 0
-    writer = Writer(folder, args.writers, args.format, args.save_size, manifest_fd, max_queued=2 * args.batch_size)
+    writer = synth_folder.Writer(folder, args.writers, args.format, args.save_size, manifest_fd,
+                                 max_queued=2 * args.batch_size)
     # disable=None: the bar shows on a terminal only, not in log files (nor between a run's output and its error)
     bar = tqdm(total=todo, unit="img", disable=None if dist.is_main and todo else True, dynamic_ncols=True)
     try:
@@ -451,7 +345,8 @@ def main(argv=None):
         if manifest_fd is not None:
             os.close(manifest_fd)
     writer.check()
-    listed = write_manifest(folder, scan, record)  # sorted; with several parts, the last one to finish lists all
+    # sorted; with several parts, the last one to finish lists all
+    listed = synth_folder.write_manifest(folder, scan, record)
     seconds = time.time() - t0
     print(f"done{f' (rank {dist.rank})' if dist.enabled else ''}: wrote {written}, skipped {len(mine) - todo}, "
           f"{seconds:.2f} s ({written / max(seconds, 1e-9):.2f} img/s); {folder / 'manifest.jsonl'} lists {listed}"

@@ -23,6 +23,7 @@ import domains
 import kit
 import kit_diffusers
 import synth
+import synth_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CLASSES = len(domains.CLASSNAMES["pets"])
@@ -98,14 +99,14 @@ def test_rerun_is_byte_identical_and_skips(tiny_sd, reference, tmp_path, capsys)
 
 
 def test_cut_short_then_rerun_equals_uninterrupted(tiny_sd, reference, tmp_path, monkeypatch):
-    saved, real_save = [], synth.save_image
+    saved, real_save = [], synth_folder.save_image
 
     def save_then_die(array, path, *a):
         if len(saved) >= 11:  # two writer threads: >=, not ==
             raise RuntimeError("simulated kill")
         real_save(array, path, *a)
         saved.append(path)
-    monkeypatch.setattr(synth, "save_image", save_then_die)
+    monkeypatch.setattr(synth_folder, "save_image", save_then_die)
     with pytest.raises(RuntimeError, match="simulated kill"):
         run(tiny_sd, tmp_path)
     monkeypatch.undo()
@@ -426,10 +427,10 @@ def test_broken_synth_json_is_refused_before_loading(tiny_sd, tmp_path, monkeypa
 def test_a_folder_made_before_the_lora_file_was_named_is_the_same_run(tmp_path):
     folder = tmp_path / "pets"
     source = {"model": "Lykon/dreamshaper-7", "lora": "latent-consistency/lcm-lora-sdv1-5"}
-    old = {k: None for k in synth.IDENTITY} | {"per_class": 2, "generator_source": source}
+    old = {k: None for k in synth_folder.IDENTITY} | {"per_class": 2, "generator_source": source}
     common.save_json(old, folder / "synth.json")
     now = dict(old, per_class=3, generator_source=dict(source, lora_file="pytorch_lora_weights.safetensors"))
-    assert synth.check_folder(folder, now) == 3  # extends it, instead of "a different run"
+    assert synth_folder.check_folder(folder, now) == 3  # extends it, instead of "a different run"
     other = dict(now, generator_source=dict(source, lora="someone/other-lora", lora_file="x.safetensors"))
     with pytest.raises(common.UserError, match="different run"):
-        synth.check_folder(folder, other)
+        synth_folder.check_folder(folder, other)
