@@ -266,7 +266,7 @@ def student_checkpoint(model, teacher, classnames=None, templates=None, dataset=
         "classnames": list(classnames) if classnames is not None else None,
         "templates": list(templates) if templates is not None else None,
         "class_text_emb": class_text_emb.detach().float().cpu() if class_text_emb is not None else None,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
     ckpt.update(extra or {})
     return ckpt

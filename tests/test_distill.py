@@ -394,6 +394,19 @@ def test_compile_wraps_the_ddp_model_and_checkpoints_stay_plain(tiny_teacher, sy
     assert keys == weights(tmp_path / "c" / "student.pt").keys() and not any("_orig_mod" in k for k in keys)
 
 
+def test_channels_last_trains_like_the_default_and_saves_plain_weights(tiny_teacher, synth, tmp_path):
+    # a CNN student (test_vit has no convolutions to gain from NHWC), the same 4 steps with and without the flag
+    for name, extra in (("plain", []), ("nhwc", ["--channels-last"])):
+        distill.main(run_args(synth, tiny_teacher, tmp_path / name, "--student", "test_resnet", *extra, steps=4))
+    plain, nhwc = ([r["loss"] for r in log_steps(tmp_path / n)] for n in ("plain", "nhwc"))
+    assert len(nhwc) == 4 and nhwc == pytest.approx(plain, rel=1e-4)  # other kernels, the same math
+    convs = [v for v in weights(tmp_path / "nhwc" / "last.pt").values() if v.dim() == 4]
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous()
+                         for v in convs if v.shape[1] > 1 and v.shape[2:] != (1, 1))  # trained in NHWC
+    assert all(v.is_contiguous() for v in weights(tmp_path / "nhwc" / "student.pt").values())  # saved plain
+    assert (tmp_path / "nhwc" / "open_clip" / "open_clip_config.json").is_file()
+
+
 # ----------------------------------------------------------------------------------------------
 # faults: undecodable images, a run killed before its first checkpoint
 
