@@ -12,7 +12,7 @@ Commands:
   python bench.py models --device cuda --compile  # GPU: fp32 and bf16, channels_last, torch.compile
   python bench.py zeroshot --quick                # zeroshot.py vs CLIP_benchmark on the same model and data
   python bench.py train --quick                   # training step: online teacher vs cache vs student alone
-  python bench.py train --device cuda --compile   # GPU: also channels_last and torch.compile + channels_last
+  python bench.py train --device cuda --compile   # GPU: also torch.compile + channels_last
   python bench.py store                           # the image store's R: crop fidelity (PSNR) and GiB per dataset
   python bench.py synth --generator PATH --quick  # synth.py vs a bare pipeline loop
   python bench.py table results/ runs/ --plot results/headline.png   # the headline table (bench_table.py)
@@ -43,6 +43,10 @@ from common import require
 
 SUBCOMMANDS = ("models", "zeroshot", "train", "store", "synth", "table", "gpu")
 STUDENTS = ["tiny_vit_5m_224", "tiny_vit_11m_224", "tiny_vit_21m_224", "efficientnet_b0"]
+TRAIN_VARIANTS = (  # bench.py train: (label, channels_last, torch.compile backend, fused AdamW)
+    ("eager, AdamW looping over parameters", False, None, False),  # the baseline: torch's default on a CPU
+    ("eager", False, None, True),  # distill.py's default step
+    ("channels_last", True, None, True))  # distill.py --channels-last
 
 
 @dataclass
@@ -266,8 +270,8 @@ def main(argv=None):
     elif command == "table":
         table, record = bench_table.table(args.paths, args.plot)
     elif command == "train":
-        variants = [("eager", False, None)] + ([("channels_last", True, None), (
-            "torch.compile + channels_last", True, "inductor")] if args.compile else [])
+        variants = list(TRAIN_VARIANTS) + ([("torch.compile + channels_last", True, "inductor", True)]
+                                           if args.compile else [])
         table, record = bench_train(args, device, variants)
     elif command == "store":
         table, record = bench_store(args, device)

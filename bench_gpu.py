@@ -208,8 +208,8 @@ def check_zeroshot(sz, ctx, numbers, problems):
 def check_distill(sz, ctx, numbers, problems):
     args = dataclasses.replace(ctx.args, teacher=ctx.teacher(), students=[sz.student], student=[],
                                batch_size=sz.batch, warmup=sz.warmup, runs=sz.runs, workers=sz.workers)
-    variants = (("eager", False, None), ("channels_last", True, None),
-                (f"torch.compile ({sz.compile_backend}) + channels_last", True, sz.compile_backend))
+    variants = (("eager", False, None, True), ("channels_last", True, None, True),
+                (f"torch.compile ({sz.compile_backend}) + channels_last", True, sz.compile_backend, True))
     table, record = bench_train(args, ctx.device, variants)
     print(table)
     numbers["precision"] = record["dtype"]

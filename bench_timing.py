@@ -166,7 +166,8 @@ def write_smooth_pngs(folder, n, size=512, seed=0):
         list(pool.map(save, range(n)))
 
 
-def time_train_step(student_name, teacher, batch, device, warmup, runs, channels_last=False, compile_backend=None):
+def time_train_step(student_name, teacher, batch, device, warmup, runs, channels_last=False, compile_backend=None,
+                    fused=True):
     """Seconds of the three kinds of step (TRAIN_MODES), taking turns in rotating order so that load from other jobs
     hits all alike. The cached and --no-cache steps include rendering their crops from the image store on `device`
     (distill.py has no loader processes); the student-only step trains on crops made beforehand, the baseline.
@@ -179,7 +180,7 @@ def time_train_step(student_name, teacher, batch, device, warmup, runs, channels
     memory = torch.channels_last if channels_last else torch.contiguous_format
     student = student.to(memory_format=memory)
     forward = torch.compile(student, backend=compile_backend) if compile_backend else student
-    optimizer = torch.optim.AdamW(student.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
+    optimizer = distill.make_optimizer(student, 5e-4, device, fused=fused)
     idx, view, cache_emb = idx.to(device), view.to(device), cache_emb.to(device)
     constant = torch.randn(B, teacher.embed_dim, device=device)
 
@@ -243,10 +244,10 @@ def time_data_path(images, resolution, mean, std, device, batch_size, n=32):
     return {k: 1000 * statistics.median(v) / len(idx) for k, v in rounds.items()}
 
 
-def bench_train(args, device, variants=(("eager", False, None),)):
+def bench_train(args, device, variants=(("eager", False, None, True),)):
     """`bench.py train`: images/s of one training step with the teacher cache, with the teacher online (--no-cache)
     and of the student alone (no teacher), at the teacher's resolution, for each variant (label, channels_last,
-    torch.compile backend or None); the data path (PIL per image against the image store + batched crops); the
+    torch.compile backend or None, fused AdamW); the data path (PIL per image against the image store + batched crops); the
     one-time store build and the teacher-cache build on 512 px PNGs.
     `args`: bench.py's Args (teacher, students/student, batch_size, warmup, runs, workers). Returns (table, record)."""
     name, B = (args.student or args.students)[0], args.batch_size
@@ -274,8 +275,8 @@ def bench_train(args, device, variants=(("eager", False, None),)):
         def render():
             return views.render_views(images, idx, boxes, flips, S, teacher.mean, teacher.std, device)
         steps = {label: time_train_step(name, teacher, (render, idx, view, cache["emb"]), device, args.warmup,
-                                        args.runs, channels_last, backend)
-                 for label, channels_last, backend in variants}
+                                        args.runs, channels_last, backend, fused)
+                 for label, channels_last, backend, fused in variants}
     dtype = common.autocast_dtype(device)
     rows = [f"| {label} | {m} | {r:.2f} | {1000 * B / r:.0f} | {r / s['img_per_s'][TRAIN_MODES[0]]:.2f} | "
             f"{s['cpu_ms_per_img'][m]:.0f} |" for label, s in steps.items() for m, r in s["img_per_s"].items()]
