@@ -247,8 +247,8 @@ def time_data_path(images, resolution, mean, std, device, batch_size, n=32):
 def bench_train(args, device, variants=(("eager", False, None, True),)):
     """`bench.py train`: images/s of one training step with the teacher cache, with the teacher online (--no-cache)
     and of the student alone (no teacher), at the teacher's resolution, for each variant (label, channels_last,
-    torch.compile backend or None, fused AdamW); the data path (PIL per image against the image store + batched crops); the
-    one-time store build and the teacher-cache build on 512 px PNGs.
+    torch.compile backend or None, fused AdamW); the data path (PIL per image against the image store + batched
+    crops); the one-time store build and the teacher-cache build on 512 px PNGs.
     `args`: bench.py's Args (teacher, students/student, batch_size, warmup, runs, workers). Returns (table, record)."""
     name, B = (args.student or args.students)[0], args.batch_size
     if device.type == "cuda":  # as distill.py runs: TF32 for the fp32 work (the cache build)
