@@ -259,6 +259,7 @@ def bench_train(args, device, variants=(("eager", False, None, True),)):
         images = views.load_images(tmp, workers=args.workers)  # decodes every image once into the store
         store_s_per_1000 = 1000 * (time.perf_counter() - t0) / len(images.paths)
         teacher = models.load_teacher(args.teacher, None, device=device)  # random weights do for timing
+        weights = "the folder's weights" if args.teacher.startswith("local-dir:") else "random weights"
         S = teacher.image_size
         data_ms = time_data_path(images, S, teacher.mean, teacher.std, device, B)
         run = distill.Args(views=1, batch_size=B, workers=args.workers)
@@ -290,7 +291,7 @@ def bench_train(args, device, variants=(("eager", False, None, True),)):
         f"| store: gather + render_views on {device.type} (batched roi_align) | {data_ms['render']:.2f} | "
         f"{data_ms['pil'] / data_ms['render']:.1f}x | {'n/a' if device.type == 'cuda' else 'the training device'} |"]
     table = "\n".join([
-        f"training step: {name} <- {args.teacher} (random weights), {S} px, batch {B}, {dtype}; crops rendered from "
+        f"training step: {name} <- {args.teacher} ({weights}), {S} px, batch {B}, {dtype}; crops rendered from "
         f"the image store in the step (no loader processes)", "",
         "| variant | step | img/s | ms/step | x student only | CPU ms/img |", "|---|---|---|---|---|---|", *rows, "",
         f"data path, 512 px PNG -> {S} px crop, on this machine ({cores} cores):", "",

@@ -198,6 +198,7 @@ def test_train_timing_runs_tiny(tiny_teacher):
     table, record = bench.bench_train(args, torch.device("cpu"), bench.TRAIN_VARIANTS)
     assert "| eager | cached (default) |" in table and "| eager | --no-cache (teacher online) |" in table
     assert set(record["variants"]) == {"eager, AdamW looping over parameters", "eager", "channels_last"}
+    assert f"<- {tiny_teacher} (the folder's weights)," in table
     assert record["student"] == "test_vit" and record["image_size"] == 64 and record["store_build_s_per_1000"] > 0
     assert set(record["data_path_cpu_ms_per_img"]) == {"pil", "gather", "render"}
     assert set(record["variants"]["eager"]["img_per_s"]) == {"student only (no teacher)", "cached (default)",
