@@ -296,9 +296,10 @@ def cache_lock(folder, dist):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def build_cache(path, meta, images, teacher, args, dist, device, text):
+def build_cache(path, meta, images, teacher, args, dist, device, text, captions=None):
     """Draw K views per image from the cache's own generator, embed each once with the frozen teacher, write the
-    cache atomically. Under torchrun each rank embeds every world_size-th image and rank 0 merges."""
+    cache atomically, with the text embeddings (and the caption embeddings) the run already has. Under torchrun
+    each rank embeds every world_size-th image and rank 0 merges."""
     boxes, flips = draw_views(images.image_sizes, args.views, seeded_generator("cache", args.cache_seed),
                               args.crop_scale)
     n, k_views = len(images.paths), args.views
@@ -322,7 +323,8 @@ def build_cache(path, meta, images, teacher, args, dist, device, text):
                 path.with_name(f"{path.name}.part{r}").unlink()
     if dist.is_main:
         common.save_torch({"meta": meta, "paths": images.paths, "boxes": boxes, "flips": flips, "emb": emb,
-                           "text": text, "skipped": list(images.skipped)}, path)
+                           "text": text, **({"captions": captions} if captions else {}),
+                           "skipped": list(images.skipped)}, path)
     if dist.enabled:
         torch.distributed.barrier()
     return read_cache(path, meta)
@@ -359,7 +361,8 @@ def prepare_targets(images, teacher, classnames, templates, args, dist, device):
             if classnames else {}
         if cache is None:
             t0 = time.time()
-            cache = build_cache(path, meta, images, teacher, args, dist, device, text)
+            cache = build_cache(path, meta, images, teacher, args, dist, device, text,
+                                {"key": caption_key, "emb": caption_emb} if captions else None)
             if dist.is_main:
                 print(f"teacher cache: built {path} ({len(images.paths)} images x {args.views} views) in "
                       f"{time.time() - t0:.0f}s")

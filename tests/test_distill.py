@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -502,14 +503,18 @@ def test_caption_contrastive_loss_hand_computed():
                                                                                                     abs=1e-6)
 
 
-def test_caption_embeddings_are_the_teachers_embeddings_of_the_manifest_prompts(tiny_teacher, synth, tmp_path):
+def test_caption_embeddings_are_the_teachers_embeddings_of_the_manifest_prompts(tiny_teacher, synth, tmp_path,
+                                                                                 monkeypatch):
     lines = [json.loads(x) for x in (synth / "manifest.jsonl").read_text().splitlines()]
     for i, rec in enumerate(lines):  # every image its own prompt
         rec["prompt"] = f"a photo of a {rec['classname']}, number {i}, at dusk"
     (synth / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    written, save_torch = [], common.save_torch
+    monkeypatch.setattr(common, "save_torch", lambda obj, path: (written.append(Path(path)), save_torch(obj, path)))
     distill.main(run_args(synth, tiny_teacher, tmp_path / "a", "--loss", "contrastive", steps=2))
     assert json.loads((tmp_path / "a" / "args.json").read_text())["text"] == "caption"  # the default
     [path] = (synth / "cache").glob("*.pt")
+    assert written.count(path) == 1  # built with its captions: the cache file is written once
     cached = torch.load(path, weights_only=True)["captions"]["emb"]  # (N, D) fp16
     teacher = models.load_teacher(tiny_teacher, None)
     with torch.no_grad():
