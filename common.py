@@ -122,6 +122,12 @@ def parse_args(args_cls, argv=None, description=None):
     return args_cls(**vars(ns))
 
 
+def first_line(e, n=200):
+    """An exception's first message line (its type's name when it has none), cut to n characters: what a one-line
+    error or a log line quotes of it."""
+    return (str(e).splitlines() or [type(e).__name__])[0][:n]
+
+
 def require(condition, message):
     """`assert` for user input: raise UserError(message) unless condition holds."""
     if not condition:

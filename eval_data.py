@@ -120,7 +120,7 @@ class SkipBroken(torch.utils.data.Dataset):
             image, label = self.ds[i]
             return image, int(label), i
         except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, unidentified, bad header
-            return None, -1, (i, (str(e).splitlines() or [type(e).__name__])[0][:100])
+            return None, -1, (i, common.first_line(e, 100))
 
 
 def collate_skipping(batch):

@@ -198,7 +198,7 @@ def verify(folder, ckpt, expected):
             clip, _, preprocess = open_clip.create_model_and_transforms(name)
             tokenizer = open_clip.get_tokenizer(name)
     except Exception as e:
-        raise UserError(f"open_clip cannot load the exported folder ({first_line(e)}), so it was not "
+        raise UserError(f"open_clip cannot load the exported folder ({common.first_line(e)}), so it was not "
                         f"exported") from None
     clip.eval()
     with torch.no_grad():
@@ -206,8 +206,8 @@ def verify(folder, ckpt, expected):
             image_emb = clip.encode_image(expected["images"])  # (2, D)
         except Exception as e:
             raise UserError(f"open_clip cannot express this student: {cannot_pass_size(ckpt, clip.visual)}its "
-                            f"timm tower fails on the student's {ckpt['image_size']} px input ({first_line(e)}). "
-                            f"student.pt still works with zeroshot.py") from None
+                            f"timm tower fails on the student's {ckpt['image_size']} px input "
+                            f"({common.first_line(e)}). student.pt still works with zeroshot.py") from None
         diff = check_close("encode_image", image_emb, expected["image_emb"])
         require(torch.equal(tokenizer(CHECK_PROMPTS), expected["tokens"]),
                 "the exported folder's tokenizer differs from the teacher's, so it was not exported")
@@ -215,10 +215,6 @@ def verify(folder, ckpt, expected):
     require(torch.equal(preprocess(expected["picture"]), expected["pixels"]),
             "the exported folder's eval transform differs from the student's, so it was not exported")
     return diff
-
-
-def first_line(e):
-    return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,7 +243,7 @@ def write_folder(clip, cfg, tokenizer, folder, text_dtype):
         save_for_hf(clip, tokenizer, cfg, tmp, safe_serialization=True)  # safetensors only: no pickle, one copy
     except (RuntimeError, ValueError) as e:  # e.g. safetensors refuses tensors that share memory
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"open_clip could not write the model: {first_line(e)}") from None
+        raise UserError(f"open_clip could not write the model: {common.first_line(e)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

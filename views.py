@@ -122,7 +122,7 @@ class DecodeForStore(torch.utils.data.Dataset):
                 im.load()  # a truncated file fails here, not at step N of a run
                 size, im = im.size, im.convert("RGB")
         except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, unidentified, bad header; missing
-            return i, None, None, (str(e).splitlines() or [type(e).__name__])[0][:100]
+            return i, None, None, common.first_line(e, 100)
         if im.size != (self.resolution,) * 2:  # R x R: boxes are rescaled per axis when a crop is rendered
             im = im.resize((self.resolution,) * 2, Image.BILINEAR)  # antialiased when it shrinks
         return i, np.array(im, dtype=np.uint8), size, None
