@@ -165,8 +165,9 @@ def test_cli_overwrite_and_teacher_override(teacher, tiny_teacher, tmp_path, cap
 def test_bad_inputs_write_nothing(teacher, tmp_path, capsys):
     def refused(run, expect, *flags):
         before = sorted(os.listdir(run)) if run.is_dir() else None
-        kit.exits_with_one_line(export.main, [str(run), *flags], capsys, expect)
+        msg = kit.exits_with_one_line(export.main, [str(run), *flags], capsys, expect)
         assert (sorted(os.listdir(run)) if run.is_dir() else None) == before
+        return msg
 
     refused(tmp_path / "nope", "does not exist")
     (tmp_path / "empty").mkdir()
@@ -179,12 +180,12 @@ def test_bad_inputs_write_nothing(teacher, tmp_path, capsys):
     refused(tmp_path / "other", "not a student checkpoint")
     # a ViT at another size than timm's default: open_clip's tower cannot pass img_size, weights do not fit
     make_run(tmp_path / "vit32", teacher, "test_vit", 32)
-    msg = kit.exits_with_one_line(export.main, [str(tmp_path / "vit32")], capsys, "open_clip cannot express")
+    msg = refused(tmp_path / "vit32", "open_clip cannot express")
     assert "default input size 160 px" in msg and "trunk.pos_embed" in msg and "--image-size 160" in msg
     assert sorted(os.listdir(tmp_path / "vit32")) == ["student.pt"]
     # weights that fit but a tower that cannot run the student's input: found by the check after writing
     make_run(tmp_path / "relpos", teacher, "test_vit_relpos", 64)
-    msg = kit.exits_with_one_line(export.main, [str(tmp_path / "relpos")], capsys, "open_clip cannot express")
+    msg = refused(tmp_path / "relpos", "open_clip cannot express")
     assert "fails on the student's 64 px input" in msg
     assert sorted(os.listdir(tmp_path / "relpos")) == ["student.pt"]
     # a student that embeds into another space than its teacher's
