@@ -37,16 +37,12 @@ import common
 import domains
 import eval_data
 import models
-from bench_timing import (bench_store, bench_train, count_flops, environment, generate, import_test_kit, markdown,
-                          measure_model, save_random_teacher, sync, time_call)
+from bench_timing import (TRAIN_VARIANTS, bench_store, bench_train, count_flops, environment, generate,
+                          import_test_kit, markdown, measure_model, save_random_teacher, sync, time_call)
 from common import require
 
 SUBCOMMANDS = ("models", "zeroshot", "train", "store", "synth", "table", "gpu")
 STUDENTS = ["tiny_vit_5m_224", "tiny_vit_11m_224", "tiny_vit_21m_224", "efficientnet_b0"]
-TRAIN_VARIANTS = (  # bench.py train: (label, channels_last, torch.compile backend, fused AdamW)
-    ("eager, AdamW looping over parameters", False, None, False),  # the baseline: torch's default on a CPU
-    ("eager", False, None, True),  # distill.py's default step
-    ("channels_last", True, None, True))  # distill.py --channels-last
 
 
 @dataclass

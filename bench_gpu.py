@@ -40,8 +40,8 @@ import distill
 import domains
 import models
 import zeroshot
-from bench_timing import (bench_train, commit, device_name, generate, import_test_kit, markdown, peak_mib,
-                          save_random_teacher, sync, time_call)
+from bench_timing import (TRAIN_VARIANTS, bench_train, commit, device_name, generate, import_test_kit, markdown,
+                          peak_mib, save_random_teacher, sync, time_call)
 
 PARTS = ("synth", "zeroshot", "distill", "stage3")
 BUDGET_S = {"synth": 150, "zeroshot": 30, "distill": 180, "stage3": 90}  # one H100/H200; 450 s + start-up
@@ -208,8 +208,8 @@ def check_zeroshot(sz, ctx, numbers, problems):
 def check_distill(sz, ctx, numbers, problems):
     args = dataclasses.replace(ctx.args, teacher=ctx.teacher(), students=[sz.student], student=[],
                                batch_size=sz.batch, warmup=sz.warmup, runs=sz.runs, workers=sz.workers)
-    variants = (("eager", False, None, True), ("channels_last", True, None, True),
-                (f"torch.compile ({sz.compile_backend}) + channels_last", True, sz.compile_backend, True))
+    variants = TRAIN_VARIANTS[1:] + ((f"torch.compile ({sz.compile_backend}) + channels_last", True,
+                                      sz.compile_backend, True),)
     table, record = bench_train(args, ctx.device, variants)
     print(table)
     numbers["precision"] = record["dtype"]

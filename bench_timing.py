@@ -24,6 +24,7 @@ from PIL import Image
 
 import common
 import distill
+import domains
 import models
 import views
 
@@ -244,7 +245,13 @@ def time_data_path(images, resolution, mean, std, device, batch_size, n=32):
     return {k: 1000 * statistics.median(v) / len(idx) for k, v in rounds.items()}
 
 
-def bench_train(args, device, variants=(("eager", False, None, True),)):
+TRAIN_VARIANTS = (  # bench.py train: (label, channels_last, torch.compile backend, fused AdamW)
+    ("eager, AdamW looping over parameters", False, None, False),  # the baseline: torch's default on a CPU
+    ("eager", False, None, True),  # distill.py's default step
+    ("channels_last", True, None, True))  # distill.py --channels-last
+
+
+def bench_train(args, device, variants):
     """`bench.py train`: images/s of one training step with the teacher cache, with the teacher online (--no-cache)
     and of the student alone (no teacher), at the teacher's resolution, for each variant (label, channels_last,
     torch.compile backend or None, fused AdamW); the data path (PIL per image against the image store + batched
@@ -309,7 +316,7 @@ def bench_train(args, device, variants=(("eager", False, None, True),)):
 # ----------------------------------------------------------------------------------------------
 # the image store's resolution R: memory per dataset against the fidelity of small crops
 
-PAPER_IMAGES = {"pets": 37, "flowers": 102, "cars": 196, "food101": 101, "dtd": 47, "fgvc_aircraft": 100}
+PAPER_IMAGES = {d: len(domains.CLASSNAMES[d]) for d in domains.DATASETS}  # classes per dataset, 265 images each
 
 
 def write_natural_pngs(folder, n, size=512, seed=0):
