@@ -274,7 +274,7 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
     logits, labels, broken = predict(zs.encoder, loader, classifier, device, amp=amp, progress=progress)
     seconds = time.time() - t0
     base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
-    paths = eval_data.image_paths(base) or []
+    paths = (eval_data.image_paths(base) or []) if broken else []  # names only for images that failed
     names = [(paths[i] if i < len(paths) else f"index {i}", reason) for i, reason in broken]
     require(len(labels) > 0, f"no readable image in {dataset}: all {len(ds)} files failed to decode (first: "
                              f"{names[0][0] if names else '?'})")
@@ -317,12 +317,12 @@ def main(argv=None):
     require(not eval_data.is_folder_dataset(args.dataset) or Path(args.dataset).exists(),
             f"unknown dataset '{args.dataset}': use one of {', '.join(domains.DATASETS)} or an image folder")
     device = common.pick_device(args.device)
-    if args.out:  # a result that cannot be written fails now, not after the evaluation
-        check_out(Path(args.out), args.overwrite)
+    # a result that cannot be written fails now, not after the evaluation
+    out = check_out(Path(args.out), args.overwrite) if args.out else None
     zs = load_model(args.model, args.pretrained, device)
     # a folder named like a dataset (data/synth/pets) is not its real test split: its results get another name
     data_name = f"{Path(args.dataset).name}_folder" if eval_data.is_folder_dataset(args.dataset) else args.dataset
-    out = check_out(Path(args.out or f"results/{zs.name}_{data_name}.json"), args.overwrite)
+    out = out or check_out(Path(f"results/{zs.name}_{data_name}.json"), args.overwrite)
     print(f"zero-shot | model {zs.name} | dataset {args.dataset} | templates {args.templates} | device {device}")
     result = evaluate(zs, args.dataset, data_root=args.data_root, split=args.split, templates=args.templates,
                       batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
