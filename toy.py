@@ -307,7 +307,7 @@ def main(argv=None):
     teacher = models.load_teacher(f"local-dir:{teacher_dir}", None, device="cpu")
     teacher_results = evaluate_teacher(folders, args.strengths, teacher)
     timing["teacher_s"] = time.time() - t0
-    t_real = teacher_results["0" if 0 in args.strengths else level_name(args.strengths[0])]["real"]
+    t_real = teacher_results[level_name(args.strengths[0])]["real"]  # the same real images at every s
     print(f"teacher | zero-shot shape accuracy on real images {100 * t_real:.1f}% (chance {100 / len(SHAPES):.1f}%)",
           flush=True)
     if t_real < 0.9 and not args.quick:
