@@ -3,10 +3,10 @@ throughput, zero-shot evaluation speed against CLIP_benchmark, and the results t
 
 Every sub-command prints a Markdown table a user can paste, headed by the environment (torch, device, dtype,
 commit), and one JSON line last (machine-readable). Timing method: `--warmup` untimed calls, then `--runs` timed
-calls (CUDA synchronised before each clock read), the median reported (bench_timing.py).
+calls (CUDA synchronised before each clock read), the median reported (helpers/bench_timing.py).
 
 Commands:
-  HF_HUB_OFFLINE=1 python bench.py gpu --out gpu_check   # one GPU, ~8 min: what a lent GPU must confirm (bench_gpu.py)
+  HF_HUB_OFFLINE=1 python bench.py gpu --out gpu_check   # one GPU, ~8 min: what a lent GPU must confirm (helpers/bench_gpu.py)
   python bench.py gpu --tiny --device cpu --out /tmp/gpu_tiny   # the same check with tiny models on a CPU
   python bench.py models --quick                  # CPU, a few minutes: params, GFLOPs, img/s, latency
   python bench.py models --device cuda --compile  # GPU: fp32 and bf16, channels_last, torch.compile
@@ -15,7 +15,7 @@ Commands:
   python bench.py train --device cuda --compile   # GPU: also torch.compile + channels_last
   python bench.py store                           # the image store's R: crop fidelity (PSNR) and GiB per dataset
   python bench.py synth --generator PATH --quick  # synth.py vs a bare pipeline loop
-  python bench.py table results/ runs/ --plot results/headline.png   # the headline table (bench_table.py)
+  python bench.py table results/ runs/ --plot results/headline.png   # the headline table (helpers/bench_table.py)
 """
 import contextlib
 import io
@@ -31,15 +31,10 @@ from typing import List, Optional
 
 import torch
 
-import bench_gpu
-import bench_table
-import common
-import domains
-import eval_data
-import models
-from bench_timing import (TRAIN_VARIANTS, bench_store, bench_train, count_flops, environment, generate,
+from helpers import bench_gpu, bench_table, common, domains, eval_data, models
+from helpers.bench_timing import (TRAIN_VARIANTS, bench_store, bench_train, count_flops, environment, generate,
                           import_test_kit, markdown, measure_model, save_random_teacher, sync, time_call)
-from common import require
+from helpers.common import require
 
 SUBCOMMANDS = ("models", "zeroshot", "train", "store", "synth", "table", "gpu")
 STUDENTS = ["tiny_vit_5m_224", "tiny_vit_11m_224", "tiny_vit_21m_224", "efficientnet_b0"]
@@ -230,7 +225,7 @@ def bench_synth(args, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# gpu: the one-call check of a lent GPU (bench_gpu.py)
+# gpu: the one-call check of a lent GPU (helpers/bench_gpu.py)
 
 def bench_gpu_check(args, device, argv):
     require(args.out, "bench.py gpu needs --out DIR: the folder for report.md, gpu.json and the parts' logs")

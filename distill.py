@@ -43,14 +43,10 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-import common
 import export
-import models
-import run_state
-import shards
-import views
 import zeroshot
-from common import UserError
+from helpers import common, models, run_state, shards, views
+from helpers.common import UserError
 
 
 @dataclass
@@ -61,7 +57,7 @@ class Args:
         "help": "synth.py folder (labels from manifest.jsonl), any image folder (no labels: --loss l2 only), or "
                 "webdataset shards 'shards/{00000..00099}.tar' (stage 1: streamed, teacher online, --steps)"})
     dataset: Optional[str] = field(default=None, metadata={
-        "help": "domains.py class set for the text embeddings and --eval-root (default: synth.json's dataset)"})
+        "help": "helpers/domains.py class set for the text embeddings and --eval-root (default: synth.json's dataset)"})
     views: int = field(default=8, metadata={"help": "K: augmented views per image in the teacher cache"})
     cache: bool = field(default=True, metadata={"help": "--no-cache: run the teacher online on fresh augmentations"})
     cache_seed: int = field(default=0, metadata={"help": "seed of the cached views (independent of --seed)"})

@@ -37,9 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-import common
-import models
-from common import UserError, require
+from helpers import common, models
+from helpers.common import UserError, require
 
 # float32 keeps the teacher's text embeddings bit for bit (the zero-shot numbers of the folder equal
 # zeroshot.py's on student.pt); float16 halves the text tower on disk (ViT-B-32: 254 MB -> 127 MB).

@@ -11,7 +11,7 @@ read. Image n of class c comes from its own seed, derived from (--seed, c, n); a
   python synth.py --dataset pets --per-class 2 --generator /tmp/tiny_sd --steps 2 --size 32 --out /tmp/synth
   # one GPU, the paper's generator (DreamShaper-7 + LCM-LoRA, 6 steps, 512 px, float16), 265 images per class
   python synth.py --dataset pets
-  # prompts with an LLM's words per class (written once to OUT/pets/attributes.json, see llm_attributes.py)
+  # prompts with an LLM's words per class (written once to OUT/pets/attributes.json, see helpers/llm_attributes.py)
   python synth.py --dataset pets --prompts llm --llm Qwen/Qwen2.5-1.5B-Instruct
   # several GPUs on one machine (each rank takes every world_size-th batch), or independent jobs
   torchrun --nproc_per_node=4 synth.py --dataset food101 --generator sdxl-lcm
@@ -32,12 +32,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import common
-import domains
-import llm_attributes
-import models
-import synth_folder
-from common import UserError, require
+from helpers import common, domains, llm_attributes, models, synth_folder
+from helpers.common import UserError, require
 
 
 

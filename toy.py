@@ -1,7 +1,7 @@
 """The paper's mechanism in a toy world, for real, on a laptop CPU: sweep the strength of the generator's mark.
 
 A toy world of 32 px shapes (8 classes, random colour, size, position, rotation, light or dark background, pixel
-noise) stands in for real photos (toy_world.py). A tiny CLIP teacher (open_clip, trained here from scratch on
+noise) stands in for real photos (helpers/toy_world.py). A tiny CLIP teacher (open_clip, trained here from scratch on
 captions such as "a photo of a small red circle on a dark background") plays the role of ViT-B-32. The synthetic
 training images are the same world plus the generator's artefact: a 4x4 code of the image's class at the top centre,
 blended in with opacity s. The default run sweeps s from 0 (the control) to 1 (an opaque code). At each s, students
@@ -45,12 +45,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import common
-import models
-import toy_report
-import toy_world
-from common import require
-from toy_world import SHAPES, level_name
+from helpers import common, models, toy_report, toy_world
+from helpers.common import require
+from helpers.toy_world import SHAPES, level_name
 
 LOSSES = {  # table name -> distill.py flags
     "l2": ["--loss", "l2"],

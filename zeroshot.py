@@ -29,11 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import common
-import domains
-import eval_data
-import models
-from common import UserError, require
+from helpers import common, domains, eval_data, models
+from helpers.common import UserError, require
 
 TEMPLATE_SETS = {"paper": domains.PAPER_TEMPLATES, "clip_benchmark": domains.CLIP_BENCHMARK_TEMPLATES}
 GENERIC_TEMPLATES = ["a photo of a {c}."]  # for folders that name no known dataset
@@ -68,7 +65,7 @@ class Args:
 # class names and prompts
 
 def resolve_classes(dataset, templates="paper"):
-    """(classnames, template list) for a domains.py dataset name or an image folder.
+    """(classnames, template list) for a helpers/domains.py dataset name or an image folder.
 
     A synth.py folder names its dataset and classes in synth.json; a plain class_name/*.jpg folder
     gets its sorted subfolder names (underscores read as spaces) and a generic template.
@@ -256,7 +253,7 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
     """Zero-shot evaluation; returns the results dict (CLIP_benchmark key names) without writing it.
 
     model: open_clip name, local-dir:PATH or student.pt path (or a ZeroShotModel); dataset: a
-    domains.py name or a folder; subset: relative paths of a synth.py folder to keep; teacher: a
+    helpers/domains.py name or a folder; subset: relative paths of a synth.py folder to keep; teacher: a
     loaded models.Teacher to encode prompts with (saves reloading it).
     """
     device = torch.device(device) if not isinstance(device, torch.device) else device

@@ -30,7 +30,7 @@ from PIL import Image
 if __name__ == "__main__":  # run as a script from the repo root: the project's modules sit one folder up
     import sys
     sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-import domains  # noqa: E402
+from helpers import domains  # noqa: E402
 
 TINY_TEACHER_CFG = {
     "model_cfg": {
@@ -179,7 +179,7 @@ def make_image_folder(folder, classnames=("circle", "square", "triangle"), per_c
 def make_synth_folder(folder, dataset=None, classnames=("circle", "square", "triangle"), per_class=4, seed=0,
                       size=(40, 48)):
     """A folder in synth.py's output format, with random images instead of generated ones."""
-    from common import save_json
+    from helpers.common import save_json
     folder = Path(folder)
     if dataset is not None:
         classnames = domains.CLASSNAMES[dataset]

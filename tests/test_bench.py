@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import bench
-import bench_gpu
-import common
+from helpers import bench_gpu, common
 import kit
 
 

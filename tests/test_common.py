@@ -1,12 +1,12 @@
-"""common.py: argument parsing, one-line errors, atomic writes, teacher loading errors."""
+"""helpers/common.py: argument parsing, one-line errors, atomic writes, teacher loading errors."""
 import dataclasses
 from typing import List, Optional
 
 import pytest
 
-import common
+from helpers import common
 import kit
-import models
+from helpers import models
 
 
 @dataclasses.dataclass

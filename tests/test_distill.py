@@ -13,12 +13,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import common
-import models
+from helpers import common, models
 import distill
 import kit
-import run_state
-import views
+from helpers import run_state, views
 import zeroshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

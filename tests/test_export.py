@@ -7,11 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import common
-import domains
+from helpers import common, domains
 import export
 import kit
-import models
+from helpers import models
 import zeroshot
 
 # timm name -> input size. test_vit at 160 px, timm's default: the size open_clip's timm tower builds it at.

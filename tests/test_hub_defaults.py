@@ -8,10 +8,10 @@ import open_clip
 import pytest
 import torch
 
-import common
+from helpers import common
 import distill
 import kit
-import models
+from helpers import models
 import zeroshot
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import distill
-import shards
+from helpers import shards
 import kit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

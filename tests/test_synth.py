@@ -18,12 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-import common
-import domains
+from helpers import common, domains
 import kit
 import kit_diffusers
 import synth
-import synth_folder
+from helpers import synth_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CLASSES = len(domains.CLASSNAMES["pets"])

@@ -1,4 +1,4 @@
-"""synth.py --prompts llm (llm_attributes.py): strict parsing of the LLM's answers, retries, fallback,
+"""synth.py --prompts llm (helpers/llm_attributes.py): strict parsing of the LLM's answers, retries, fallback,
 attributes.json reuse and checks, torchrun's other ranks waiting for the file, and the whole path offline on a
 tiny random causal LM built from a config and saved to disk."""
 import json
@@ -8,11 +8,10 @@ import time
 import pytest
 import torch
 
-import common
-import domains
+from helpers import common, domains
 import kit
 import kit_diffusers
-import llm_attributes
+from helpers import llm_attributes
 import synth
 
 FIFTEEN = "\n".join(f"{i}. place number {w}" for i, w in enumerate(
@@ -94,7 +93,7 @@ def test_garbage_llm_retries_falls_back_and_is_reused(tmp_path, two_pets, monkey
     assert attributes["llm"] == llm and set(attributes["fallback"]) == {"Beagle", "Persian"}
     assert attributes["classes"]["Beagle"]["location"] == domains.PROMPT_SLOTS["pets"]["location"]
     assert attributes["classes"]["Beagle"]["superclass"] == "pet"
-    assert "fell back to domains.py words for 2 of 2 classes: Beagle (location/time/pose/angle)" in out
+    assert "fell back to helpers/domains.py words for 2 of 2 classes: Beagle (location/time/pose/angle)" in out
     assert not (tmp_path / "out" / "pets" / "images").exists()  # dry run: no images
     # rerun: attributes.json is reused, the LLM is never loaded again
     monkeypatch.setattr(llm_attributes, "load_llm", lambda *a: pytest.fail("the LLM was loaded again"))
@@ -137,7 +136,7 @@ def test_llm_missing_offline_fails_fast(tmp_path, capsys):
 # torchrun: the other ranks wait for rank 0's file, in no collective
 
 def pets_attributes(llm, superclass="hound"):
-    """What rank 0 writes for two_pets: a recognisable superclass, domains.py's options."""
+    """What rank 0 writes for two_pets: a recognisable superclass, helpers/domains.py's options."""
     classes = {name: {"superclass": superclass, **domains.PROMPT_SLOTS["pets"]} for name in ["Beagle", "Persian"]}
     return {"llm": llm, "seed": 0, "retries": 3, "classes": classes, "fallback": {}}
 

@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-import common
+from helpers import common
 import kit
-import models
+from helpers import models
 import toy
-import toy_world
-from toy_world import SHAPES
+from helpers import toy_world
+from helpers.toy_world import SHAPES
 
 ROWS, COLS = slice(0, 4), slice(14, 18)  # where the 4x4 mark sits in a 32 px image: top rows, centre columns
 

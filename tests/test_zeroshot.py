@@ -8,10 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import common
-import models
-import domains
-import eval_data
+from helpers import common, models, domains, eval_data
 import kit
 import zeroshot
 

@@ -9,7 +9,7 @@ Nothing here is a stage of the pipeline; it is the plumbing every stage needs:
     never leaves a half-written file), `read_json` / `read_jsonl` (encoding, type and key checks),
     `prepare_out_dir` (exists as a file, not writable, read-only), `list_images` (one extension list,
     one rule for the folders that are skipped), and synth.py's folder format (`load_manifest`).
-Models (teacher and student) live in models.py.
+Models (teacher and student) live in helpers/models.py.
 """
 import argparse
 import contextlib
@@ -410,7 +410,7 @@ def load_manifest(folder):
 
     folder/manifest.jsonl: one JSON object per image with keys path (relative to folder), label (class
     index), classname, prompt, seed, generator. folder/synth.json: the resolved run settings, with
-    "dataset" (a domains.py name or null) and "classnames" (index -> name).
+    "dataset" (a helpers/domains.py name or null) and "classnames" (index -> name).
     Returns (items: list of (relative path, label), classnames, info dict from synth.json).
     """
     folder = Path(folder)

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-import common
-from common import require
-from views import ImageSet, draw_views, make_crop, seeded_generator
+from helpers import common
+from helpers.common import require
+from helpers.views import ImageSet, draw_views, make_crop, seeded_generator
 
 
 def is_shards(data):

@@ -22,13 +22,10 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-import common
 import distill
-import domains
-import models
-import views
+from helpers import common, domains, models, views
 
-ROOT = Path(__file__).parent
+ROOT = Path(__file__).resolve().parents[1]
 TRAIN_MODES = ("student only (no teacher)", "cached (default)", "--no-cache (teacher online)")
 
 

@@ -35,9 +35,9 @@ from torchvision.ops import roi_align
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
-import common
 import zeroshot
-from common import require
+from helpers import common
+from helpers.common import require
 
 try:
     import fcntl  # one writer per cache folder: a second run waits, then reuses what the first built (POSIX)
@@ -58,7 +58,7 @@ class ImageSet:
     paths: list                      # relative to root; undecodable images already left out
     labels: Optional[torch.Tensor]   # (N,) class index; None for an unlabelled folder
     classnames: Optional[list]
-    dataset: Optional[str]           # synth.json's domains.py name
+    dataset: Optional[str]           # synth.json's helpers/domains.py name
     image_sizes: torch.Tensor        # (N, 2) width, height in pixels
     digest: str                      # paths, labels and file sizes: part of the cache metadata
     skipped: tuple = ()              # (relative path, reason) of the images that did not decode

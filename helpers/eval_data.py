@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-import common
-import domains
-from common import UserError, require
+from helpers import common, domains
+from helpers.common import UserError, require
 
 
 def is_folder_dataset(dataset):
@@ -67,7 +66,7 @@ def image_paths(ds):
 
 
 def build_dataset(dataset, data_root, split, transform, download=False, subset=None):
-    """A torch Dataset of (image tensor, label) for a domains.py name or a folder."""
+    """A torch Dataset of (image tensor, label) for a helpers/domains.py name or a folder."""
     if is_folder_dataset(dataset):
         folder = check_folder(dataset)
         if (folder / "manifest.jsonl").is_file():

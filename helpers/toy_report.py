@@ -4,8 +4,8 @@ with seed bands and sample images)."""
 import numpy as np
 from PIL import Image
 
-import common
-from toy_world import SHAPES, level_name
+from helpers import common
+from helpers.toy_world import SHAPES, level_name
 
 
 def mean_std(values, scale=100, digits=1):

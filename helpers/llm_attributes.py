@@ -3,7 +3,7 @@
 The paper's authors asked Llama-2-7b-chat, per class, for options of each prompt attribute (location, time of
 day, a domain slot such as pose or serving, camera angle) and for a one-word superclass. Here any causal LM
 with a chat template does (default Qwen/Qwen2.5-1.5B-Instruct). Answers are parsed strictly; a class whose answer
-stays malformed after a few seeded retries falls back to domains.py's words for that attribute. The result is
+stays malformed after a few seeded retries falls back to helpers/domains.py's words for that attribute. The result is
 written once to <out>/<dataset>/attributes.json and reused by every later run on that folder:
 
   {"llm": ID, "seed": S, "retries": 3, "fallback": {class: [attributes that fell back]},
@@ -19,12 +19,10 @@ import time
 import torch
 from tqdm import tqdm
 
-import common
-import domains
-import models
-from common import UserError, require
+from helpers import common, domains, models
+from helpers.common import UserError, require
 
-LLM_RETRIES = 3      # attempts per (class, attribute) before falling back to domains.py's words
+LLM_RETRIES = 3      # attempts per (class, attribute) before falling back to helpers/domains.py's words
 LLM_MAX_WORDS = 6    # an option longer than this is prose, not a phrase
 WAIT_S = 6 * 3600    # how long other ranks wait for rank 0's attributes.json (a 7B LLM on 200 classes: ~1-2 h)
 POLL_S = 5.0         # how often they look
@@ -189,6 +187,6 @@ def get_attributes(path, llm, dataset, classnames, seed, device, is_main=True):
     else:
         attributes = write_attributes(path, llm, dataset, classnames, seed, device)
     fell_back = ", ".join(f"{c} ({'/'.join(s)})" for c, s in attributes["fallback"].items())
-    print(f"attributes: {path} ({llm}); fell back to domains.py words for {len(attributes['fallback'])} of "
+    print(f"attributes: {path} ({llm}); fell back to helpers/domains.py words for {len(attributes['fallback'])} of "
           f"{len(classnames)} classes{': ' + fell_back if fell_back else ''}")
     return attributes

@@ -16,10 +16,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-import common
-import shards
-import views
-from common import UserError, require
+from helpers import common, shards, views
+from helpers.common import UserError, require
 
 # args that change the trajectory: --resume refuses to continue when one differs
 ESSENTIAL = ("data", "dataset", "views", "cache", "cache_seed", "crop_scale", "store_size", "image_size", "holdout",
@@ -33,7 +31,7 @@ class Plan:
     args: object                 # Args with paths resolved (what args.json and last.pt record)
     stage1: bool                 # --data names webdataset shards: streamed once, teacher online
     images: views.ImageSet
-    dataset: Optional[str]       # domains.py class set for text embeddings and --eval-root
+    dataset: Optional[str]       # helpers/domains.py class set for text embeddings and --eval-root
     out: Path
     holdout: list                # indices of held-out synthetic images
     train_idx: torch.Tensor      # (n_train,) indices of training images

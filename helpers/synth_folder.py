@@ -14,8 +14,8 @@ import threading
 import numpy as np
 from PIL import Image
 
-import common
-from common import require
+from helpers import common
+from helpers.common import require
 
 try:
     import fcntl  # serialises the manifest rewrite of concurrent shard jobs (POSIX)

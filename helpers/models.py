@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import torch
 import torch.nn as nn
 
-from common import UserError, require
+from helpers.common import UserError, require
 
 STUDENT_FORMAT = "zsd-student/1"  # the "format" key of every student.pt
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import common
-import models
-from common import require
+from helpers import common, models
+from helpers.common import require
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "crescent")
 COLOURS = {"red": (0.85, 0.15, 0.15), "green": (0.15, 0.7, 0.25), "blue": (0.2, 0.35, 0.95),

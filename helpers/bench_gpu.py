@@ -35,12 +35,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import common
 import distill
-import domains
-import models
 import zeroshot
-from bench_timing import (TRAIN_VARIANTS, bench_train, commit, device_name, generate, import_test_kit, markdown,
+from helpers import common, domains, models
+from helpers.bench_timing import (TRAIN_VARIANTS, bench_train, commit, device_name, generate, import_test_kit, markdown,
                           peak_mib, save_random_teacher, sync, time_call)
 
 PARTS = ("synth", "zeroshot", "distill", "stage3")

@@ -12,10 +12,9 @@ A result made with other templates than its published row's is shown but not com
 """
 from pathlib import Path
 
-import common
-import domains
-from bench_timing import markdown
-from common import require
+from helpers import common, domains
+from helpers.bench_timing import markdown
+from helpers.common import require
 
 TABLE_ORDER = ["pets", "cars", "flowers", "food101", "fgvc_aircraft", "dtd"]
 TOP1 = {d: "acc1" for d in TABLE_ORDER}
