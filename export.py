@@ -14,7 +14,7 @@ written as a different model: open_clip's timm tower calls timm.create_model(nam
 ViT-like student built at another input size than timm's default (e.g. test_vit at 32 px) does not fit.
 
 Commands:
-  python export.py runs/pets_l2                     # writes runs/pets_l2/open_clip/
+  python export.py runs/pets_l2     # runs/pets_l2/open_clip/ (distill.py wrote it already: left as it is)
   python export.py runs/pets_l2 --overwrite --text-dtype float16   # text tower stored in half precision
   python export.py runs/pets_l2/student.pt --teacher local-dir:/path/to/teacher --out exports/pets_l2
 Then, anywhere open_clip is installed (no code from this repo needed):
@@ -240,6 +240,7 @@ def write_folder(clip, cfg, tokenizer, folder, text_dtype):
         tokenizer = BundledTokenizer()
     try:
         save_for_hf(clip, tokenizer, cfg, tmp, safe_serialization=True)  # safetensors only: no pickle, one copy
+        common.honour_umask(tmp)  # safetensors writes its file 0600: others could not read a shared run's model
     except (RuntimeError, ValueError) as e:  # e.g. safetensors refuses tensors that share memory
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"open_clip could not write the model: {common.first_line(e)}") from None
@@ -247,6 +248,13 @@ def write_folder(clip, cfg, tokenizer, folder, text_dtype):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp
+
+
+def same_files(a, b):
+    """Folders a and b hold the same file names with the same bytes."""
+    names = sorted(p.name for p in a.iterdir())
+    return names == sorted(p.name for p in b.iterdir()) and all(
+        (a / n).is_file() and (b / n).is_file() and (a / n).read_bytes() == (b / n).read_bytes() for n in names)
 
 
 def move_into_place(tmp, folder):
@@ -261,16 +269,20 @@ def move_into_place(tmp, folder):
 
 
 def check_out(folder, overwrite):
-    """Refuse early (nothing loaded, nothing written): the output is a file, or exists without --overwrite."""
+    """Refuse early (nothing loaded, nothing written): the output is a file, or exists without --overwrite and is
+    not an open_clip folder (an earlier export of the same student is left as it is, see export_open_clip)."""
     require(not folder.exists() or folder.is_dir(), f"{folder} is a file, not a folder: pass --out FOLDER")
-    require(overwrite or not folder.exists(), f"{folder} exists: pass --overwrite to replace it, or --out elsewhere")
+    require(overwrite or not folder.exists() or (folder / "open_clip_config.json").is_file(),
+            f"{folder} exists: pass --overwrite to replace it, or --out elsewhere")
 
 
 def export_open_clip(student, teacher, folder, text_dtype="float32", overwrite=False):
     """Write `student` (models.Student) with `teacher`'s text tower (models.Teacher) as an open_clip model folder.
 
     The folder appears complete or not at all; it is loaded back and checked before it is moved into place.
-    A student open_clip cannot express raises UserError. Returns the folder's Path.
+    An existing folder is replaced with overwrite=True; without it, a folder holding the same bytes (the same
+    export again) is left as it is, and any other is refused. A student open_clip cannot express raises UserError.
+    Returns the folder's Path.
     """
     require(text_dtype in TEXT_DTYPES, f"text_dtype must be one of {', '.join(TEXT_DTYPES)}, not {text_dtype}")
     folder = Path(folder).expanduser()
@@ -282,6 +294,11 @@ def export_open_clip(student, teacher, folder, text_dtype="float32", overwrite=F
     tmp = write_folder(clip, cfg, teacher.tokenizer, folder, text_dtype)
     try:
         diff = verify(tmp, ckpt, expected)
+        if folder.exists() and not overwrite:
+            require(same_files(tmp, folder), f"{folder} holds another export (another student, teacher or "
+                                             f"--text-dtype): pass --overwrite to replace it, or --out elsewhere")
+            print(f"{folder} already holds this export: left as it is")
+            return folder
         move_into_place(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

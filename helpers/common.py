@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 _UMASK = os.umask(0)  # read once (os.umask is process-wide): atomic_write gives files the usual permissions
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file under the user's umask (0644 under umask 022)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,7 +282,7 @@ def atomic_write(path, mode="wb"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs should be readable like any other
+    os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600 files; outputs should be readable like any other
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -294,6 +295,14 @@ def atomic_write(path, mode="wb"):
         if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name the one we write
             e.filename = str(path)
         raise
+
+
+def honour_umask(folder):
+    """Give every file below `folder` the mode a plain open() would (FILE_MODE): for files written by libraries
+    that create them through temp files of their own (0600), such as safetensors."""
+    for p in Path(folder).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, FILE_MODE)
 
 
 def save_json(obj, path):

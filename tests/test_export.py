@@ -55,6 +55,10 @@ def test_folder_computes_student_and_teacher(timm_name, teacher, tmp_path):
     folder = export.export_open_clip(student, teacher, tmp_path / "open_clip")
     assert sorted(os.listdir(folder)) == ["open_clip_config.json", "open_clip_model.safetensors"]
     assert sorted(os.listdir(tmp_path)) == ["open_clip", "student.pt"]  # no temp folder left behind
+    # readable by others like every other output: the user's umask decides (0644 under umask 022)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(folder / f).stat().st_mode & 0o777 for f in os.listdir(folder)} == {0o666 & ~umask}
     cfg = json.loads((folder / "open_clip_config.json").read_text())
     assert cfg["model_cfg"]["vision_cfg"]["timm_model_name"] == timm_name
     assert cfg["model_cfg"]["text_cfg"] == kit.TINY_TEACHER_CFG["model_cfg"]["text_cfg"]
@@ -147,10 +151,15 @@ def test_cli_overwrite_and_teacher_override(teacher, tiny_teacher, tmp_path, cap
     export.main([str(run), "--text-dtype", "float16"])
     weights = run / "open_clip" / "open_clip_model.safetensors"
     before = weights.read_bytes()
-    kit.exits_with_one_line(export.main, [str(run)], capsys, "exists: pass --overwrite")
+    kit.exits_with_one_line(export.main, [str(run)], capsys, "holds another export")
     assert weights.read_bytes() == before
     export.main([str(run), "--overwrite"])  # now fp32
     assert weights.read_bytes() != before and sorted(os.listdir(run)) == ["open_clip", "student.pt"]
+    # the same export again (what `python export.py RUN` does after distill.py wrote open_clip/): left as it is
+    stamp = weights.stat().st_mtime_ns
+    assert export.main([str(run)]) == run / "open_clip" and weights.stat().st_mtime_ns == stamp
+    assert "already holds this export" in capsys.readouterr().out
+    assert sorted(os.listdir(run)) == ["open_clip", "student.pt"]  # no temp folder left behind
     # a student.pt whose teacher moved: one line naming it; --teacher points to the new place
     ckpt = torch.load(run / "student.pt", weights_only=False)
     ckpt["teacher"] = {"model": "local-dir:" + str(tmp_path / "moved"), "pretrained": None}
