@@ -64,6 +64,9 @@ class Args:
     crop_scale: Tuple[float, float] = field(default=(0.08, 1.0), metadata={"help": "RandomResizedCrop area range"})
     store_size: int = field(default=288, metadata={
         "help": "R: the image store keeps every training image decoded at R x R (at most its own size)"})
+    cache_dir: Optional[str] = field(default=None, metadata={
+        "help": "folder for the image store and the teacher cache (in a subfolder per data folder), e.g. when the data "
+                "folder is read-only; None: <data>/cache, where every run on the folder finds them"})
     image_size: int = field(default=0, metadata={"help": "student input size; 0: the teacher's resolution"})
     holdout: float = field(default=0.0, metadata={"help": "share of synthetic images kept out of training, "
                                                           "evaluated at the end (synthetic-to-real gap)"})

@@ -65,8 +65,9 @@ def image_paths(ds):
     return None
 
 
-def build_dataset(dataset, data_root, split, transform, download=False, subset=None):
-    """A torch Dataset of (image tensor, label) for a helpers/domains.py name or a folder."""
+def build_dataset(dataset, data_root, split, transform, download=False, subset=None, fetch=None):
+    """A torch Dataset of (image tensor, label) for a helpers/domains.py name or a folder. fetch: what the error
+    line of a missing or incomplete torchvision dataset tells the user to do (default: zeroshot.py's flags)."""
     if is_folder_dataset(dataset):
         folder = check_folder(dataset)
         if (folder / "manifest.jsonl").is_file():
@@ -83,7 +84,8 @@ def build_dataset(dataset, data_root, split, transform, download=False, subset=N
         return FileList(samples, transform)
     import torchvision.datasets as tvd
     root = Path(data_root)
-    require(root.is_dir() or download, f"data root {root} does not exist: pass --data-root DIR (or --download)")
+    require(root.is_dir() or download, f"data root {root} does not exist: "
+                                       f"{fetch or 'pass --data-root DIR (or --download)'}")
     cls_name, kwargs = TORCHVISION[dataset]
     if dataset == "cars" and download:
         raise UserError(CARS_HELP)
@@ -92,7 +94,7 @@ def build_dataset(dataset, data_root, split, transform, download=False, subset=N
             warnings.simplefilter("ignore")
             ds = getattr(tvd, cls_name)(root=str(root), split=split, transform=transform, download=download, **kwargs)
     except (RuntimeError, FileNotFoundError, OSError) as e:
-        hint = CARS_HELP if dataset == "cars" else "pass --download to let torchvision fetch it"
+        hint = CARS_HELP if dataset == "cars" else fetch or "pass --download to let torchvision fetch it"
         raise UserError(f"{dataset} ({cls_name}, split {split}) not found or incomplete under {root}: {hint} "
                         f"[{str(e).splitlines()[0][:120]}]") from None
     except ValueError as e:
@@ -103,6 +105,17 @@ def build_dataset(dataset, data_root, split, transform, download=False, subset=N
                                     f"the files are incomplete or of another version")
     require(len(ds) > 0, f"{dataset} split {split} under {root} holds no images")
     return ds
+
+
+def check_split(dataset, data_root, split="test"):
+    """Before a distill.py run trains: the split it evaluates on at its end is there and complete (torchvision's
+    own checks, the images are not decoded), or one line that says how to fetch it."""
+    fetch = CARS_HELP if dataset == "cars" else (f"fetch it first with python zeroshot.py --dataset {dataset} "
+                                                 f"--download --data-root {data_root}")
+    try:
+        build_dataset(dataset, data_root, split, transform=None, fetch=fetch)
+    except UserError as e:
+        raise UserError(f"--eval-root: {e}") from None
 
 
 class SkipBroken(torch.utils.data.Dataset):

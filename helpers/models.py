@@ -234,19 +234,38 @@ def build_student(timm_name, embed_dim, image_size=224, pretrained=False):
 
 
 def load_student(path, device="cpu"):
-    """Load a self-contained student.pt: returns (Student in eval mode, the checkpoint dict)."""
+    """Load a self-contained student.pt, or the student in a distill.py last.pt (a run's resume state, written
+    while it trains): returns (Student in eval mode, the student.pt dict)."""
     path = Path(path)
     require(path.is_file(), f"student checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise UserError(f"{path} is not a readable torch checkpoint ({type(e).__name__})") from None
+    if isinstance(ckpt, dict) and "format" not in ckpt and {"model", "args", "timm_name", "step"} <= set(ckpt):
+        ckpt = resume_state_student(ckpt, path)
     require(isinstance(ckpt, dict) and ckpt.get("format") == STUDENT_FORMAT,
             f"{path} is not a student checkpoint (no format '{STUDENT_FORMAT}'); pass a distill.py "
-            f"student.pt, or an open_clip model name / local-dir:PATH")
+            f"student.pt or last.pt, or an open_clip model name / local-dir:PATH")
     model = build_student(ckpt["timm_name"], ckpt["embed_dim"], image_size=ckpt["image_size"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt
+
+
+def resume_state_student(state, path):
+    """The student.pt dict of the student in a last.pt, which holds its weights and the run's args but not its
+    input size and normalisation: those are the teacher's (the one its args name, loaded on the CPU) unless the
+    run set --image-size."""
+    args = state["args"]
+    try:
+        teacher = load_teacher(args["teacher"], args.get("teacher_pretrained"))
+    except UserError as e:
+        raise UserError(f"{path} (a distill.py last.pt) needs its teacher for the input size and normalisation: "
+                        f"{e}") from None
+    model = build_student(state["timm_name"], state["model"]["proj.weight"].shape[0],
+                          image_size=args.get("image_size") or teacher.image_size)
+    model.load_state_dict(state["model"])
+    return student_checkpoint(model, teacher, dataset=args.get("dataset"), extra={"args": args, "step": state["step"]})
 
 
 def student_checkpoint(model, teacher, classnames=None, templates=None, dataset=None, class_text_emb=None,

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from helpers import common, shards, views
+from helpers import common, eval_data, shards, views
 from helpers.common import UserError, require
 
 # args that change the trajectory: --resume refuses to continue when one differs
@@ -64,7 +64,7 @@ def plan_run(args, dist):
     stage1 = shards.is_shards(args.data)
     require(args.store_size >= 16, "--store-size must be >= 16 (pixels)")
     images = shards.load_shards(args.data) if stage1 else views.load_images(args.data, args.store_size, args.workers,
-                                                                              dist)
+                                                                              dist, args.cache_dir)
     if stage1:
         require(args.loss == "l2", f"--loss {args.loss} on shards: stage 1 uses the L2 loss (captions are unused)")
         require(args.steps > 0, "shards are streamed: give the length of the run as --steps N (one pass: "
@@ -88,7 +88,8 @@ def plan_run(args, dist):
             f"--loss {args.loss} --text caption needs each image's prompt, but {images.root}/manifest.jsonl has "
             f"none for some images: pass --text class (the class prompts)")
     require(args.eval_root is None or dataset, "--eval-root needs --dataset NAME (the real test split to use)")
-    require(args.eval_root is None or Path(args.eval_root).is_dir(), f"--eval-root {args.eval_root} is no folder")
+    if args.eval_root:  # evaluated after the last step: a missing test split is found now, not then
+        eval_data.check_split(dataset, args.eval_root)
     n = 0 if stage1 else len(images.paths)
     perm = torch.randperm(n, generator=views.seeded_generator("holdout", args.seed))
     n_hold = round(args.holdout * n)

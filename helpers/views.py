@@ -66,6 +66,7 @@ class ImageSet:
     store: Optional[np.ndarray] = None  # (N_all, R, R, 3) uint8, memory-mapped: every decodable image, resized
     store_rows: Optional[torch.Tensor] = None  # (N,) row of each kept image in the store
     store_key: Optional[str] = None  # names, sizes and mtimes of the files: changes when any image does
+    cache: Optional[Path] = None     # the folder of the store and the teacher cache (cache_folder)
 
 
 def seeded_generator(*key):
@@ -73,14 +74,29 @@ def seeded_generator(*key):
     return torch.Generator().manual_seed(int(common.fingerprint(list(key)), 16))
 
 
-def load_images(data, store_size=288, workers=0, dist=None):
+def cache_folder(root, cache_dir=None):
+    """Where the image store and the teacher cache of the images in `root` live: <root>/cache by default, so every
+    run on a folder finds them; with --cache-dir (a read-only or shared data folder) a subfolder of it named for
+    the data folder and its path, so folders never share (nor clear) each other's files."""
+    if cache_dir is None:
+        return root / "cache"
+    return Path(cache_dir).expanduser().resolve() / f"{root.name}-{common.fingerprint(str(root), 8)}"
+
+
+def load_images(data, store_size=288, workers=0, dist=None, cache_dir=None):
     """The training images: a synth.py folder (labels and prompts from manifest.jsonl) or any image folder (no
     labels). Each image is decoded once into the image store (rank 0, under the cache lock; reused while names,
-    sizes and mtimes are unchanged). Undecodable images are skipped and named; more than MAX_BAD_SHARE of them is
-    a one-line error."""
+    sizes and mtimes are unchanged) in cache_folder(data, cache_dir). Undecodable images are skipped and named;
+    more than MAX_BAD_SHARE of them is a one-line error."""
     dist = dist or common.Dist()
     root = Path(data).expanduser().resolve()
     require(root.is_dir(), f"--data {data} does not exist: pass a synth.py output folder or an image folder")
+    cache = cache_folder(root, cache_dir)
+    try:
+        common.prepare_out_dir(cache, "--cache-dir" if cache_dir else "the cache folder")
+    except common.UserError as e:
+        raise common.UserError(f"{e}" if cache_dir else f"{e} with --cache-dir DIR (the image store and the teacher "
+                                                        f"cache go to <data>/cache by default)") from None
     labels = classnames = dataset = prompts = None
     if (root / "manifest.jsonl").is_file():
         items, classnames, info = common.load_manifest(root)
@@ -90,7 +106,7 @@ def load_images(data, store_size=288, workers=0, dist=None):
         paths = common.list_images(root)
     require(paths, f"--data {root} holds no images ({', '.join(common.IMAGE_EXTS)} files or a synth.py "
                    f"manifest.jsonl)")
-    record, store, store_key = open_store(root, paths, store_size, workers, dist)
+    record, store, store_key = open_store(root, paths, store_size, workers, dist, cache)
     bad = [tuple(b) for b in record["bad"]]
     named = ", ".join(f"{p} ({why})" for p, why in bad[:3])
     require(len(bad) <= MAX_BAD_SHARE * len(paths), f"{len(bad)} of {len(paths)} images in {root} do not decode "
@@ -104,7 +120,7 @@ def load_images(data, store_size=288, workers=0, dist=None):
     nbytes = [(root / p).stat().st_size for p in paths]
     digest = common.fingerprint([paths, None if labels is None else labels.tolist(), nbytes])
     return ImageSet(root, paths, labels, classnames, dataset, torch.tensor(sizes), digest, tuple(bad), prompts,
-                    store, rows, store_key)
+                    store, rows, store_key, cache)
 
 
 class DecodeForStore(torch.utils.data.Dataset):
@@ -128,7 +144,7 @@ class DecodeForStore(torch.utils.data.Dataset):
         return i, np.array(im, dtype=np.uint8), size, None
 
 
-def open_store(root, paths, store_size, workers, dist):
+def open_store(root, paths, store_size, workers, dist, folder):
     """(record, memory-mapped store) of these images: {"resolution", "sizes", "rows", "bad"}. Built by rank 0
     under the cache lock on the first run over the folder (or after any image changed); other ranks wait."""
     stats = []
@@ -139,7 +155,6 @@ def open_store(root, paths, store_size, workers, dist):
             continue
         stats.append(None)
     key = common.fingerprint([STORE_VERSION, store_size, paths, stats])
-    folder = root / "cache"
     record_path, store_path = folder / f"images-{key}.json", folder / f"images-{key}.u8"
     with cache_lock(folder, dist):
         if dist.is_main and not (record_path.is_file() and store_path.is_file()):
@@ -184,7 +199,7 @@ def build_store(root, paths, store_size, workers, record_path, store_path):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    for old in root.glob("cache/images-*"):  # stores of an older image list: never read again
+    for old in record_path.parent.glob("images-*"):  # stores of an older image list: never read again
         if old not in (record_path, store_path):
             old.unlink(missing_ok=True)
     common.save_json({"resolution": resolution, "sizes": sizes, "rows": [rows.get(i, -1) for i in range(len(paths))],
@@ -264,7 +279,7 @@ def cache_metadata(images, teacher, args):
     meta = json.loads(json.dumps(meta))  # tuples -> lists, as they come back from disk
     name = Path(teacher.name.split(":")[-1]).name.replace("/", "_")
     key = common.fingerprint({k: v for k, v in meta.items() if k not in ("images", "n", "files")})
-    return meta, images.root / "cache" / f"{name}-K{args.views}-{key}.pt"
+    return meta, images.cache / f"{name}-K{args.views}-{key}.pt"
 
 
 def read_cache(path, meta):

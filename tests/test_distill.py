@@ -347,6 +347,9 @@ BAD_INPUTS = {  # name -> (data, out, extra flags with {tmp} placeholders, what 
     "batch larger than the data": ("synth", "x", ["--batch-size", "64"], "larger than the 24"),
     "--out is a file": ("synth", "a_file", [], "is a file, not a folder"),
     "--out below a file": ("synth", "a_file/run", [], "is a file, not a folder"),
+    "--eval-root without the test split": ("synth", "x", ["--dataset", "pets", "--eval-root", "{tmp}/empty"],
+                                           "fetch it first with python zeroshot.py --dataset pets --download"),
+    "--cache-dir below a file": ("synth", "x", ["--cache-dir", "{tmp}/a_file/cache"], "--cache-dir"),
 }
 
 
@@ -359,11 +362,35 @@ def test_bad_input(case, finished, tiny_teacher, capsys):
     assert {p.name: p.read_bytes() for p in finished.done.iterdir()} == finished.files  # nothing good overwritten
 
 
+def test_zeroshot_evaluates_last_pt_like_student_pt(finished):
+    """last.pt (a run's resume state) can be evaluated mid-run: at the end it holds student.pt's weights."""
+    final, last = (zeroshot.evaluate(str(finished.done / name), str(finished.synth), workers=0, progress=False)
+                   for name in ("student.pt", "last.pt"))
+    for key in ("acc1", "mean_per_class_recall"):  # (acc5 is NaN with 3 classes)
+        assert last["metrics"][key] == final["metrics"][key]
+    assert last["model_info"]["step"] == 3 and last["model_info"]["arch"] == "test_vit"
+    (a, final_ckpt), (b, last_ckpt) = (models.load_student(finished.done / n) for n in ("student.pt", "last.pt"))
+    assert_same(a.state_dict(), b.state_dict())
+    assert {k: last_ckpt[k] for k in ("image_size", "mean", "std", "teacher")} == \
+        {k: final_ckpt[k] for k in ("image_size", "mean", "std", "teacher")}
+
+
 def test_out_on_a_read_only_file_system(tiny_teacher, synth, tmp_path, monkeypatch, capsys):
     (tmp_path / "ro").mkdir()  # a mount point
     kit.simulate_read_only(monkeypatch, tmp_path / "ro")
     fails(run_args(synth, tiny_teacher, tmp_path / "ro" / "run"), capsys, "not a writable folder")
     assert not (tmp_path / "ro" / "run").exists()
+
+
+def test_read_only_data_folder_trains_with_cache_dir(tiny_teacher, synth, tmp_path, monkeypatch, capsys):
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "a", steps=2))  # the default: <data>/cache
+    shutil.rmtree(synth / "cache")
+    kit.simulate_read_only(monkeypatch, synth)
+    fails(run_args(synth, tiny_teacher, tmp_path / "b", steps=2), capsys, "with --cache-dir DIR")
+    assert not (tmp_path / "b").exists()
+    distill.main(run_args(synth, tiny_teacher, tmp_path / "b", "--cache-dir", str(tmp_path / "cache"), steps=2))
+    assert not (synth / "cache").exists() and len(list((tmp_path / "cache").glob("synth-*/*.pt"))) == 1
+    assert_same(weights(tmp_path / "a" / "student.pt"), weights(tmp_path / "b" / "student.pt"))  # same run
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_teacher, synth, tmp_path, monkeypatch, capsys):
