@@ -250,7 +250,8 @@ def main(argv=None):
     positional = []
     while rest and not rest[0].startswith("-"):
         positional.append(rest.pop(0))
-    args = common.parse_args(Args, ["--command", command] + rest + (["--paths"] + positional if positional else []))
+    args = common.parse_args(Args, ["--command", command] + rest + (["--paths"] + positional if positional else []),
+                             description=__doc__)
     if args.quick:
         args.batch_size, args.warmup, args.runs = min(args.batch_size, 8), 1, 3
     device = common.pick_device(args.device)

@@ -232,7 +232,7 @@ def decode_in_float32(pipe, latents):
 
 @common.entrypoint
 def main(argv=None):
-    args = common.parse_args(Args, argv)
+    args = common.parse_args(Args, argv, description=__doc__)
     for flag, allowed in (("dataset", domains.DATASETS), ("prompts", ("diverse", "simple", "llm")),
                           ("format", ("png", "jpg")), ("dtype", ("auto", *DTYPES))):
         require(getattr(args, flag) in allowed, f"--{flag} must be {' | '.join(allowed)} (got '{getattr(args, flag)}')")

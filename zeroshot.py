@@ -307,7 +307,7 @@ def save_result(result, path):
 
 @common.entrypoint
 def main(argv=None):
-    args = common.parse_args(Args, argv)
+    args = common.parse_args(Args, argv, description=__doc__)
     require(args.batch_size > 0, "--batch-size must be positive")
     require(args.workers >= 0, "--workers must be >= 0")
     require(args.limit is None or args.limit > 0, "--limit must be positive")
