@@ -13,7 +13,7 @@ Commands:
   python bench.py zeroshot --quick                # zeroshot.py vs CLIP_benchmark on the same model and data
   python bench.py train --quick                   # training step: online teacher vs cache vs student alone
   python bench.py train --device cuda --compile   # GPU: also torch.compile + channels_last
-  python bench.py store                           # the image store's R: crop fidelity (PSNR) and GiB per dataset
+  python bench.py store                           # the image store's R: crop fidelity (PSNR) and GB per dataset
   python bench.py synth --generator PATH --quick  # synth.py vs a bare pipeline loop
   python bench.py table results/ runs/ --plot results/headline.png   # the headline table (helpers/bench_table.py)
 """

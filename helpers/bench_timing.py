@@ -352,16 +352,16 @@ def bench_store(args, device, resolutions=(224, 256, 288, 384), scales=((0.08, 0
             shutil.rmtree(Path(tmp) / "cache", ignore_errors=True)
             full = views.load_images(tmp, store_size=size)
     rows = [f"| {r} | " + " | ".join(f"{psnr[(r, lo, hi)]:.1f}" for lo, hi in scales) + " | " +
-            " | ".join(f"{265 * c * r * r * 3 / 2**30:.1f}" for c in PAPER_IMAGES.values()) + " |"
+            " | ".join(f"{265 * c * r * r * 3 / 1e9:.1f}" for c in PAPER_IMAGES.values()) + " |"
             for r in resolutions]
     table = "\n".join([
         f"image store resolution R: {out} px crops rendered from the store against crops of the {size} px originals "
         f"(median PSNR in dB over {4 * n_images} crops of {n_images} images with a natural 1/f spectrum; higher is "
         f"closer), and the "
-        f"store's size in GiB at 265 images per class", "",
+        f"store's size in GB (10^9 bytes, as every page gives it) at 265 images per class", "",
         "| R | " + " | ".join(f"PSNR, crop area {lo:g}-{hi:g}" for lo, hi in scales) + " | " +
-        " | ".join(f"GiB {d} ({265 * c:,} img)" for d, c in PAPER_IMAGES.items()) + " |",
+        " | ".join(f"GB {d} ({265 * c:,} img)" for d, c in PAPER_IMAGES.items()) + " |",
         "|---|" + "---|" * (len(scales) + len(PAPER_IMAGES)), *rows])
     return table, {"psnr_db": {f"R{r} area {lo}-{hi}": v for (r, lo, hi), v in psnr.items()},
-                   "gib_per_dataset": {f"R{r} {d}": 265 * c * r * r * 3 / 2**30 for r in resolutions
+                   "gb_per_dataset": {f"R{r} {d}": 265 * c * r * r * 3 / 1e9 for r in resolutions
                                        for d, c in PAPER_IMAGES.items()}}

@@ -210,4 +210,4 @@ def test_store_resolution_study_runs_tiny(monkeypatch):
     assert "| 64 |" in table and "| 128 |" in table
     psnr = record["psnr_db"]
     assert psnr["R128 area 0.08-0.1"] > psnr["R64 area 0.08-0.1"]  # a finer store keeps small crops closer
-    assert record["gib_per_dataset"]["R128 pets"] == pytest.approx(265 * 37 * 128 * 128 * 3 / 2**30)
+    assert record["gb_per_dataset"]["R128 pets"] == pytest.approx(265 * 37 * 128 * 128 * 3 / 1e9)
