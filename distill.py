@@ -11,7 +11,7 @@ encoder, using only synthetic images (synth.py). The teacher's text encoder stay
   mix          (1 - alpha) * l2 + alpha * contrastive
 
 Commands:
-  # CPU smoke run (README quick start): the tests' tiny random teacher and a synth.py smoke folder
+  # CPU smoke run (docs/distill.md): the tests' tiny random teacher and a synth.py smoke folder
   python tests/kit.py teacher /tmp/tiny_clip
   python distill.py --data /tmp/synth/pets --teacher local-dir:/tmp/tiny_clip --student test_efficientnet \
       --batch-size 16 --steps 30 --views 2 --workers 0 --device cpu --holdout 0.1 --out /tmp/runs/smoke
@@ -20,6 +20,8 @@ Commands:
       --holdout 0.05 --out runs/pets_l2
   # stage 1: generic real images from webdataset shards, streamed once with the teacher online
   python distill.py --data 'shards/{00000..00099}.tar' --steps 40000 --out runs/stage1
+  # a read-only (shared) data folder: the image store and the teacher cache go to --cache-dir instead of <data>/cache
+  python distill.py --data /shared/synth/pets --cache-dir ~/.cache/zsd --out runs/pets_l2
   # the contrastive baseline (the authors' code used --temperature 1)
   python distill.py --loss contrastive --data data/synth/pets --out runs/pets_contrastive
   # several GPUs: --batch-size stays the global batch
@@ -71,9 +73,9 @@ class Args:
     holdout: float = field(default=0.0, metadata={"help": "share of synthetic images kept out of training, "
                                                           "evaluated at the end (synthetic-to-real gap)"})
     eval_root: Optional[str] = field(default=None, metadata={
-        "help": "torchvision data root: evaluate on --dataset's real test split at the end"})
+        "help": "torchvision data root: evaluate on --dataset's real test split at the end (checked at the start)"})
     # model
-    teacher: str = field(default="ViT-B-32", metadata={"help": "open_clip name or local-dir:PATH"})
+    teacher: str = field(default="ViT-B-32", metadata={"help": "open_clip name, local-dir:PATH or hf-hub:ORG/REPO"})
     teacher_pretrained: Optional[str] = field(default="datacomp_xl_s13b_b90k", metadata={"help": "tag or file"})
     student: str = field(default="tiny_vit_11m_224", metadata={"help": "timm model name"})
     student_pretrained: bool = field(default=False, metadata={"help": "start the encoder from timm's weights"})

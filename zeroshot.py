@@ -14,8 +14,10 @@ Commands:
   # CPU smoke run on a few images
   python zeroshot.py --model local-dir:/path/to/tiny_clip --dataset pets --limit 64 --device cpu
 
-Writes results/<model>_<dataset>.json ({"dataset", "model", "templates", "n", "metrics": {"acc1",
-"acc5", "mean_per_class_recall"}}, CLIP_benchmark's key names) and prints a one-line summary.
+Writes results/<model>_<dataset>.json (a folder dataset: results/<model>_<folder name>_folder.json) with
+CLIP_benchmark's key names ({"dataset", "model", "templates", "n", "metrics": {"acc1", "acc5",
+"mean_per_class_recall"}, ...}), and prints a start line and a one-line summary. --model also takes a run's last.pt
+(a student still training).
 """
 import os
 import sys
@@ -41,7 +43,7 @@ class Args:
     """Zero-shot evaluation of an open_clip model or a distilled student."""
     # model
     model: str = field(default="ViT-B-32", metadata={
-        "help": "open_clip name, local-dir:PATH (e.g. a run's open_clip/), hf-hub:ORG/REPO, or a student.pt"})
+        "help": "open_clip name, local-dir:PATH (e.g. a run's open_clip/), hf-hub:ORG/REPO, or a student.pt / last.pt"})
     pretrained: Optional[str] = field(default="datacomp_xl_s13b_b90k",
                                       metadata={"help": "open_clip tag or weights file (open_clip names only)"})
     # data

@@ -2,13 +2,13 @@
 H100/H200. It confirms that the GPU paths run and measures the numbers the cost estimates need.
 
   HF_HUB_OFFLINE=1 python bench.py gpu --out gpu_check         # one GPU, the real sizes
-  python bench.py gpu --tiny --device cpu --out /tmp/gpu_tiny  # tiny models, the same code paths, about a minute
+  python bench.py gpu --tiny --device cpu --out /tmp/gpu_tiny  # tiny models, the same code paths
 
 Parts, in this order (budget on one H100/H200 in brackets); each records its own failure (a part still running at
-twice its budget is stopped), so one failing part keeps the others' numbers; the exit code is 0 when all pass:
+twice its budget is stopped), so one failing part keeps the others' numbers; the exit code is 0 when all pass, else 1:
   synth     [150 s] SD-1.5's UNet, VAE and text encoder built from their published configs, fp16, LCMScheduler,
-            loaded by synth.load_generator; img/s of synth.py's pipeline call (6 steps, 512 px) at batch 8 and 16,
-            then synth.py end to end on 37 Pets prompts
+            loaded by synth.load_generator; img/s of the pipeline call synth.py makes (6 steps, 512 px; without
+            its latents hook and NaN check) at batch 8 and 16, then synth.py itself end to end on 37 Pets prompts
   zeroshot  [ 30 s] ViT-B-32 through zeroshot.predict: img/s with the bf16-autocast tower and in fp32, their top-1
             agreement on random images and a random classifier, and whether the logits are computed in fp32
   distill   [180 s] ViT-B-32 teacher -> tiny_vit_11m_224 student, 224 px, batch 256, bf16: training step img/s
