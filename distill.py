@@ -53,57 +53,71 @@ from helpers.common import UserError
 
 @dataclass
 class Args:
-    """Zero-shot distillation of a CLIP image encoder into a small student (l2 | contrastive | mix)."""
+    """Zero-shot distillation of a CLIP image encoder into a small student (l2 | contrastive | mix).
+    Every default says whose it is: the paper's, the authors' code's, or ours (and why)."""
     # data
     data: str = field(default="data/synth/pets", metadata={
         "help": "synth.py folder (labels from manifest.jsonl), any image folder (no labels: --loss l2 only), or "
-                "webdataset shards 'shards/{00000..00099}.tar' (stage 1: streamed, teacher online, --steps)"})
+                "webdataset shards 'shards/{00000..00099}.tar' (stage 1: streamed, teacher online, --steps) "
+                "(ours: synth.py's default output)"})
     dataset: Optional[str] = field(default=None, metadata={
-        "help": "helpers/domains.py class set for the text embeddings and --eval-root (default: synth.json's dataset)"})
-    views: int = field(default=8, metadata={"help": "K: augmented views per image in the teacher cache"})
-    cache: bool = field(default=True, metadata={"help": "--no-cache: run the teacher online on fresh augmentations"})
-    cache_seed: int = field(default=0, metadata={"help": "seed of the cached views (independent of --seed)"})
-    crop_scale: Tuple[float, float] = field(default=(0.08, 1.0), metadata={"help": "RandomResizedCrop area range"})
+        "help": "helpers/domains.py class set for the text embeddings and --eval-root (ours: synth.json's dataset)"})
+    views: int = field(default=8, metadata={"help": "K: augmented views per image in the teacher cache (ours: "
+                                                    "1/12 of the teacher work of fresh views over 96 epochs)"})
+    cache: bool = field(default=True, metadata={
+        "help": "--no-cache: run the teacher online on fresh augmentations (the authors' code; ours: the cache)"})
+    cache_seed: int = field(default=0, metadata={"help": "seed of the cached views, independent of --seed (ours)"})
+    crop_scale: Tuple[float, float] = field(default=(0.08, 1.0), metadata={
+        "help": "RandomResizedCrop area range (authors' code: torchvision's default, which their crop uses)"})
     store_size: int = field(default=288, metadata={
-        "help": "R: the image store keeps every training image decoded at R x R (at most its own size)"})
+        "help": "R: the image store keeps every training image decoded at R x R, at most its own size (ours: room "
+                "above the 224 px crops; Pets takes 2.3 GB)"})
     cache_dir: Optional[str] = field(default=None, metadata={
         "help": "folder for the image store and the teacher cache (in a subfolder per data folder), e.g. when the data "
-                "folder is read-only; None: <data>/cache, where every run on the folder finds them"})
-    image_size: int = field(default=0, metadata={"help": "student input size; 0: the teacher's resolution"})
-    holdout: float = field(default=0.0, metadata={"help": "share of synthetic images kept out of training, "
-                                                          "evaluated at the end (synthetic-to-real gap)"})
+                "folder is read-only; None: <data>/cache, where every run on the folder finds them (ours)"})
+    image_size: int = field(default=0, metadata={
+        "help": "student input size; 0: the teacher's resolution (authors' code: 224, the teacher's)"})
+    holdout: float = field(default=0.0, metadata={
+        "help": "share of synthetic images kept out of training, evaluated at the end: the synthetic-to-real gap "
+                "(ours: off, every image trains)"})
     eval_root: Optional[str] = field(default=None, metadata={
-        "help": "torchvision data root: evaluate on --dataset's real test split at the end (checked at the start)"})
+        "help": "torchvision data root: evaluate on --dataset's real test split at the end, checked at the start "
+                "(ours: off; the authors' code evaluated every epoch)"})
     # model
-    teacher: str = field(default="ViT-B-32", metadata={"help": "open_clip name, local-dir:PATH or hf-hub:ORG/REPO"})
-    teacher_pretrained: Optional[str] = field(default="datacomp_xl_s13b_b90k", metadata={"help": "tag or file"})
-    student: str = field(default="tiny_vit_11m_224", metadata={"help": "timm model name"})
-    student_pretrained: bool = field(default=False, metadata={"help": "start the encoder from timm's weights"})
-    init: Optional[str] = field(default=None, metadata={"help": "start from this student.pt / last.pt"})
+    teacher: str = field(default="ViT-B-32", metadata={"help": "open_clip name, local-dir:PATH or hf-hub:ORG/REPO "
+                                                               "(paper)"})
+    teacher_pretrained: Optional[str] = field(default="datacomp_xl_s13b_b90k", metadata={"help": "tag/file (paper)"})
+    student: str = field(default="tiny_vit_11m_224", metadata={"help": "timm model name (authors' code)"})
+    student_pretrained: bool = field(default=False, metadata={
+        "help": "start the encoder from timm's weights (authors' code: off)"})
+    init: Optional[str] = field(default=None, metadata={
+        "help": "start from this student.pt / last.pt (ours: none; the paper starts stage 3 from stage 1's)"})
     # optimization
-    loss: str = field(default="l2", metadata={"help": "distillation loss", "choices": ["l2", "contrastive", "mix"]})
-    alpha: float = field(default=0.5, metadata={"help": "mix: (1 - alpha) * l2 + alpha * contrastive"})
-    temperature: float = field(default=0.01, metadata={"help": "contrastive tau (CLIP: 0.01; authors' code: 1)"})
+    loss: str = field(default="l2", metadata={"help": "distillation loss (paper)",
+                                              "choices": ["l2", "contrastive", "mix"]})
+    alpha: float = field(default=0.5, metadata={"help": "mix: (1 - alpha) * l2 + alpha * contrastive (ours: even)"})
+    temperature: float = field(default=0.01, metadata={"help": "contrastive tau (ours: CLIP's 0.01; authors' code: 1)"})
     text: str = field(default="caption", metadata={
-        "help": "contrastive text: each image's own prompt from manifest.jsonl (caption, the authors' run) or its "
-                "class prompt (class)", "choices": ["caption", "class"]})
-    epochs: int = field(default=96, metadata={"help": "passes over the training images"})
-    steps: int = field(default=0, metadata={"help": "optimizer steps; overrides --epochs when > 0"})
-    batch_size: int = field(default=256, metadata={"help": "global batch (split across torchrun ranks)"})
-    lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate"})
-    schedule: str = field(default="constant", metadata={"help": "lr after warm-up", "choices": ["constant", "cosine"]})
-    warmup: int = field(default=0, metadata={"help": "linear warm-up steps"})
-    # system
+        "help": "contrastive text: each image's own prompt from manifest.jsonl (caption) or its class prompt (class) "
+                "(authors' code: their example run)", "choices": ["caption", "class"]})
+    epochs: int = field(default=96, metadata={"help": "passes over the training images (authors' code)"})
+    steps: int = field(default=0, metadata={"help": "optimizer steps; overrides --epochs when > 0 (ours)"})
+    batch_size: int = field(default=256, metadata={"help": "global batch, split across torchrun ranks (authors' code)"})
+    lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate (authors' code)"})
+    schedule: str = field(default="constant", metadata={"help": "lr after warm-up (authors' code: constant)",
+                                                        "choices": ["constant", "cosine"]})
+    warmup: int = field(default=0, metadata={"help": "linear warm-up steps (authors' code: none)"})
+    # system (ours: they change where and how fast a run goes, not what it learns)
     out: Optional[str] = field(default=None, metadata={"help": "run folder; None: runs/<data folder>_<loss>_<student>"})
     resume: bool = field(default=False, metadata={"help": "continue from <out>/last.pt"})
     seed: int = field(default=0, metadata={"help": "student init, data order, fresh augmentations"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda|cuda:N|mps"})
     workers: int = field(default=8, metadata={"help": "processes that decode the images into the store once; "
-                                                                  "stage 1: shard loader processes per rank"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the student"})
+                                                      "stage 1: shard loader processes per rank"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the student (off: compiling costs minutes)"})
     channels_last: bool = field(default=False, metadata={
         "help": "student weights and inputs in channels_last (NHWC) memory: faster convolutions for CNN students on "
-                "CPUs and on GPUs under bf16; nothing to gain for ViTs"})
+                "CPUs and on GPUs under bf16; nothing to gain for ViTs (off: the default student is a ViT)"})
     save_every: int = field(default=500, metadata={"help": "write last.pt every N steps (and at the end)"})
     log_every: int = field(default=50, metadata={"help": "one log line every N steps"})
 
@@ -112,7 +126,7 @@ class Args:
 # the losses: pure functions of unnormalised embeddings
 
 def l2_loss(student_emb, teacher_emb):
-    """Mean over the batch of ||s - t||_2 (not squared) between unit vectors. (B, D), (B, D) -> ()"""
+    """Mean over the batch of ||s - t||_2 between unit vectors, not squared (authors' code). (B, D), (B, D) -> ()"""
     s, t = F.normalize(student_emb, dim=-1), F.normalize(teacher_emb, dim=-1)
     return (s - t).norm(dim=-1).mean()
 
@@ -129,6 +143,8 @@ def contrastive_loss(student_emb, text_emb, rows, temperature):
 
 
 def mix_loss(student_emb, teacher_emb, text_emb, rows, temperature, alpha):
+    """(1 - alpha) * l2 + alpha * contrastive: alpha 0 is pure L2, alpha 1 pure contrastive (the authors' convention).
+    (B, D), (B, D), (T, D), (B,) -> ()"""
     return ((1 - alpha) * l2_loss(student_emb, teacher_emb)
             + alpha * contrastive_loss(student_emb, text_emb, rows, temperature))
 
@@ -156,20 +172,27 @@ def training_batches(plan, teacher, cache, resolution, device, dist):
     resolutions = [resolution] if cache is not None or resolution == teacher.image_size \
         else [resolution, teacher.image_size]
     if plan.stage1:
-        return shards.shard_loader(plan.images.paths, resolutions, teacher, plan.args, dist, plan.start, plan.total,
+        return shards.ShardBatches(plan.images.paths, resolutions, teacher, plan.args, dist, plan.start, plan.total,
                                    device.type == "cuda")
-    return rendered_batches(plan, teacher, cache, resolutions, device, dist)
+    epoch_views = functools.partial(views.epoch_views, seed=plan.args.seed, train_idx=plan.train_idx, cache=cache,
+                                    image_sizes=plan.images.image_sizes, scale=plan.args.crop_scale)
+    batches = views.step_batches(epoch_views, plan.start, plan.total, plan.steps_per_epoch, plan.args.batch_size, dist)
+    return (([views.render_views(plan.images, idx, boxes, flips, s, teacher.mean, teacher.std, device)
+              for s in resolutions], idx, view)  # (b, 3, S, S) each: gathered from the store, cropped on the device
+            for idx, view, boxes, flips in batches)
 
 
-def rendered_batches(plan, teacher, cache, resolutions, device, dist):
-    args = plan.args
-    epoch_plan = functools.partial(views.plan_epoch, seed=args.seed, train_idx=plan.train_idx, cache=cache,
-                                   image_sizes=plan.images.image_sizes, scale=args.crop_scale)
-    for idx, view, boxes, flips in views.step_batches(epoch_plan, plan.start, plan.total, plan.steps_per_epoch,
-                                                      args.batch_size, dist):
-        crops = [views.render_views(plan.images, idx, boxes, flips, s, teacher.mean, teacher.std, device)
-                 for s in resolutions]  # (b, 3, S, S) each: gathered from the store, cropped on the device
-        yield crops, idx, view
+def text_targets(images, teacher, classnames, templates, args, device):
+    """(class_text_emb (C, D) or None, text_emb (T, D), text_rows (N,)): the class prompts' embeddings (the
+    classifier student.pt carries), and the table the contrastive term compares with plus each image's row in it:
+    each image's own prompt (--text caption: T = N, row i) or its class prompt (--text class: T = C, its label).
+    One text-embedding function, zeroshot.build_classifier (a caption is a class of one prompt, template "{c}"),
+    which caches its result on disk per teacher and prompt list."""
+    class_text_emb = zeroshot.build_classifier(teacher, classnames, templates, device=device) if classnames else None
+    if args.loss != "l2" and args.text == "caption":
+        caption_emb = zeroshot.build_classifier(teacher, images.prompts, ["{c}"], device=device)  # (N, D)
+        return class_text_emb, caption_emb, torch.arange(len(images.paths), device=device)
+    return class_text_emb, class_text_emb, images.labels.to(device) if images.labels is not None else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,13 +209,15 @@ def gather_batch(x, dist):
 
 
 def make_optimizer(model, lr, device, fused=True):
-    """AdamW with betas (0.9, 0.98), eps 1e-6, no weight decay. fused (CPU and CUDA): one kernel updates every
-    parameter, instead of a loop of small ops per parameter (bench.py train measures both)."""
+    """AdamW with betas (0.9, 0.98), eps 1e-6, no weight decay (authors' code). fused (CPU and CUDA): one kernel
+    updates every parameter, instead of a loop of small ops per parameter (bench.py train measures both)."""
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0,
                              fused=fused and device.type in ("cpu", "cuda"))
 
 
 def lr_at(step, args, total):
+    """The learning rate of step `step` (0-based) of `total`: linear warm-up over --warmup steps to --lr, then --lr
+    (constant, the authors' code) or a cosine decay to 0 at `total` (--schedule cosine)."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
     if args.schedule == "cosine":
@@ -201,8 +226,9 @@ def lr_at(step, args, total):
 
 
 def checkpoint(model, optimizer, step, plan, device):
-    """last.pt: the unwrapped student, the optimizer and every random stream, enough to continue bit for bit."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "total": plan.total,
+    """last.pt: the unwrapped student (under "state_dict", as in student.pt), the optimizer and every random stream,
+    enough to continue bit for bit."""
+    return {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "total": plan.total,
             "epoch": step // plan.steps_per_epoch, "timm_name": plan.args.student,
             "rng": run_state.rng_state(device), "data": {"images": plan.images.digest, "train": len(plan.train_idx)},
             "args": dataclasses.asdict(plan.args)}
@@ -294,32 +320,27 @@ def main(argv=None):
         common.save_json(dataclasses.asdict(args), out / "args.json")  # the first file a run writes
         describe_run(plan, teacher, model, resolution, dist)
 
-    # the targets: the teacher cache (built once per folder and teacher, reused by every run) and class prompts
-    cache, class_text_emb, caption_emb = views.prepare_targets(images, teacher, classnames, templates, args, dist,
-                                                               device)
+    # the targets: the teacher's embeddings of K views per image (the teacher cache: built once per folder and
+    # teacher, reused by every run), and the text embeddings of the class prompts and captions
+    cache = views.prepare_cache(images, teacher, args, dist, device) if args.cache else None
     cache_emb = cache["emb"].to(device) if cache is not None else None  # (N, K, D) fp16
-    # the contrastive term's text table and each image's row in it: its own caption, or its class prompt
-    if caption_emb is not None:
-        text_dev, rows_dev = caption_emb.float().to(device), torch.arange(len(images.paths), device=device)  # (N, D)
-    else:
-        text_dev = class_text_emb.to(device) if class_text_emb is not None else None  # (C, D)
-        rows_dev = images.labels.to(device) if images.labels is not None else None  # (N,)
+    class_text_emb, text_emb, text_rows = text_targets(images, teacher, classnames, templates, args, device)
 
     # the student, its optimizer, and the state of a resumed run
     model = common.sync_batchnorm(model, dist).to(device)
-    memory = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = make_optimizer(model, args.lr, device)
     if plan.state is not None:
-        model.load_state_dict(plan.state["model"])
+        model.load_state_dict(plan.state["state_dict"])
         optimizer.load_state_dict(plan.state["optimizer"])
         run_state.set_rng_state(plan.state["rng"], device)
-    forward = model
+    wrapped_model = model  # what the loop calls: DDP and torch.compile wrap `model`, which checkpoints save plain
     if dist.enabled:
-        forward = torch.nn.parallel.DistributedDataParallel(
+        wrapped_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:  # after DDP, as torch documents, so that gradient communication overlaps the backward
-        forward = torch.compile(forward)
+        wrapped_model = torch.compile(wrapped_model)
     loader = training_batches(plan, teacher, cache, resolution, device, dist)
     if dist.is_main and args.resume:
         run_state.trim_log(out / "log.jsonl", plan.start)
@@ -329,28 +350,27 @@ def main(argv=None):
     loss_fn = LOSSES[args.loss]
     last_saved, last_log, loss_sum, t_log, step = plan.start, plan.start, 0.0, time.time(), plan.start
     width = max(5, len(str(plan.total)))
-    skipped = {}  # stage 1: loader worker -> undecodable samples it skipped
+    # idx: (b,) image indices (stage 1: sample keys); view: (b,) cached view index of each (stage 1: None)
     for step, (crops, idx, view) in enumerate(loader, start=plan.start + 1):  # step = steps done after this one
-        if plan.stage1:  # idx: sample keys; view: (b, 2) of (worker, skipped so far)
-            skipped.update({g: max(c, skipped.get(g, 0)) for g, c in view.tolist()})
         lr = lr_at(step - 1, args, plan.total)
         for group in optimizer.param_groups:
             group["lr"] = lr
         x = crops[0].to(device, non_blocking=True)  # (b, 3, S, S): this rank's share of the global batch
-        x = x.contiguous(memory_format=memory)
+        x = x.contiguous(memory_format=memory_format)
         if cache_emb is not None:
             # the teacher's embedding of exactly this crop, computed once when the cache was built
             t_emb = cache_emb[idx.to(device), view.to(device)].float()  # (b, D)
         else:
             with torch.no_grad(), common.autocast(device):  # the teacher online, on the same view
+                # crops[-1]: the teacher's crop (crops[0] itself when both models take the same resolution)
                 t_emb = teacher.model.encode_image(crops[-1].to(device, non_blocking=True)).float()  # (b, D)
         with common.autocast(device):
-            s_emb = forward(x).float()  # (b, D)
-        rows = rows_dev[idx.to(device)] if rows_dev is not None and not plan.stage1 else None  # (b,)
+            s_emb = wrapped_model(x).float()  # (b, D)
+        rows = text_rows[idx.to(device)] if text_rows is not None else None  # (b,): each image's row of text_emb
         # every rank computes the loss of the global batch (the contrastive term needs all negatives), but its
         # gradient reaches only this rank's part; DDP averages the gradients over ranks, so multiplying by
         # world_size gives each parameter the gradient of the global loss, as one process would compute it
-        loss = loss_fn(gather_batch(s_emb, dist), gather_batch(t_emb, dist), text_dev,
+        loss = loss_fn(gather_batch(s_emb, dist), gather_batch(t_emb, dist), text_emb,
                        gather_batch(rows, dist) if rows is not None else None, args.temperature, args.alpha)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
@@ -377,7 +397,7 @@ def main(argv=None):
 
     # the end: last.pt, the student (student.pt and the open_clip folder), evaluation
     if plan.stage1:
-        report_stream(plan, step, shards.count_skipped(skipped, dist, device), dist)
+        report_stream(plan, step, loader.count_skipped(device), dist)
     if dist.enabled:
         torch.distributed.barrier()
     if dist.is_main:

@@ -49,7 +49,7 @@ from helpers import common, models, toy_report, toy_world
 from helpers.common import require
 from helpers.toy_world import SHAPES, level_name
 
-LOSSES = {  # table name -> distill.py flags
+LOSS_FLAGS = {  # table name -> the distill.py flags of that loss
     "l2": ["--loss", "l2"],
     "contrastive tau 0.01, caption": ["--loss", "contrastive", "--temperature", "0.01", "--text", "caption"],
     "contrastive tau 0.01, class": ["--loss", "contrastive", "--temperature", "0.01", "--text", "class"],
@@ -84,7 +84,7 @@ class Args:
     # students
     student: str = field(default="test_resnet", metadata={"help": "timm model name"})
     losses: List[str] = field(default_factory=lambda: list(DEFAULT_LOSSES), metadata={
-        "help": "distillation losses", "choices": list(LOSSES)})
+        "help": "distillation losses", "choices": list(LOSS_FLAGS)})
     views: List[str] = field(default_factory=lambda: list(VIEW_SETTINGS), metadata={
         "help": "--study views: teacher cache views per image, or fresh (--no-cache)", "choices": list(VIEW_SETTINGS)})
     steps: int = field(default=1000, metadata={"help": "student optimizer steps per run"})
@@ -231,7 +231,7 @@ def plan_runs(args, out, teacher_dir, folders, teacher_settings):
             folder = re.sub(r"[^a-z0-9.]+", "_", loss).strip("_")  # "contrastive tau 0.01, class" -> ..._0.01_class
             runs += [({"strength": s, "loss": loss, "seed": seed},
                       out / "runs" / "marks" / f"s{level_name(s)}" / folder / f"seed{seed}",
-                      folders[f"synth_{level_name(s)}"], LOSSES[loss], level_name(s)) for s in args.strengths]
+                      folders[f"synth_{level_name(s)}"], LOSS_FLAGS[loss], level_name(s)) for s in args.strengths]
     plans = []
     for keys, run_dir, data, flags, mark in runs:
         argv = distill_argv(args, teacher_dir, data, run_dir, flags, keys["seed"])
@@ -270,7 +270,7 @@ def main(argv=None):
         args.seeds, args.jobs, args.views = 1, 1, ["1", "fresh"]
         args.strengths, args.losses = [0, 1], ["l2", "contrastive tau 0.01, caption"]
     args.strengths = sorted(set(float(s) for s in ([0] if args.study == "views" else args.strengths)))
-    args.losses = [x for x in LOSSES if x in args.losses]  # table order, no repeats
+    args.losses = [x for x in LOSS_FLAGS if x in args.losses]  # table order, no repeats
     args.views = [v for v in VIEW_SETTINGS if v in args.views]
     require(args.image_size >= 16, "--image-size must be >= 16 (the mark is 4 px tall)")
     require(all(0 <= s <= 1 for s in args.strengths), "--strengths are opacities: each in [0, 1]")

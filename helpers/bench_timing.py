@@ -270,11 +270,11 @@ def bench_train(args, device, variants):
         sync(device)
         t0 = time.perf_counter()
         cache = views.build_cache(Path(tmp) / "cache" / "bench.pt", {}, images, teacher, run,
-                                  common.Dist(device=device), device, {})
+                                  common.Dist(device=device), device)
         sync(device)
         cache_rate = len(images.paths) / (time.perf_counter() - t0)
         idx, view, boxes, flips = next(views.step_batches(functools.partial(
-            views.plan_epoch, seed=0, train_idx=torch.arange(4 * B), cache=cache, image_sizes=images.image_sizes,
+            views.epoch_views, seed=0, train_idx=torch.arange(4 * B), cache=cache, image_sizes=images.image_sizes,
             scale=run.crop_scale), 0, 1, 4, B, common.Dist()))
 
         def render():

@@ -127,6 +127,8 @@ def load_resume_state(out, args, data):
             state = torch.load(last, map_location="cpu", weights_only=False)
         except Exception as e:
             raise UserError(f"--resume: {last} is not readable ({type(e).__name__})") from None
+        if "model" in state:  # written before last.pt kept its weights under student.pt's key
+            state["state_dict"] = state.pop("model")
         saved = essential(state["args"])
     else:
         saved = essential(common.read_json(saved_args, "args.json", keys=ESSENTIAL))

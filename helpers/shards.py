@@ -124,22 +124,30 @@ class ShardStream(torch.utils.data.IterableDataset):
             epoch += 1
 
 
-def shard_loader(urls, resolutions, teacher, args, dist, start, total, pin_memory):
-    """The batches of steps start..total-1 of this rank. Batch b comes from loader worker b % workers (a
-    DataLoader takes its workers in turn), so a resumed run fast-forwards each worker past the samples of the
-    batches it already delivered."""
-    local, workers = args.batch_size // dist.world_size, max(1, args.workers)
-    stream = ShardStream(urls, resolutions, teacher.mean, teacher.std, args.seed, args.crop_scale, dist.rank,
-                         dist.world_size, skip={w: len(range(w, start, workers)) * local for w in range(workers)},
-                         first_worker=start % workers)
-    loader = torch.utils.data.DataLoader(stream, batch_size=local, num_workers=args.workers, pin_memory=pin_memory,
-                                         generator=seeded_generator("loader", args.seed))
-    return (batch for _, batch in zip(range(start, total), loader))  # exactly the remaining steps
+class ShardBatches:
+    """The batches (crops, sample keys, None) of steps start..total-1 of this rank: a cached run's (crops, image
+    index, view index), with no view to name. Batch b comes from loader worker b % workers (a DataLoader takes its
+    workers in turn), so a resumed run fast-forwards each worker past the samples of the batches it already
+    delivered. It counts the undecodable samples its workers skip (`count_skipped`: all ranks, at the end)."""
 
+    def __init__(self, urls, resolutions, teacher, args, dist, start, total, pin_memory):
+        local, workers = args.batch_size // dist.world_size, max(1, args.workers)
+        stream = ShardStream(urls, resolutions, teacher.mean, teacher.std, args.seed, args.crop_scale, dist.rank,
+                             dist.world_size, skip={w: len(range(w, start, workers)) * local for w in range(workers)},
+                             first_worker=start % workers)
+        self.loader = torch.utils.data.DataLoader(stream, batch_size=local, num_workers=args.workers,
+                                                  pin_memory=pin_memory, generator=seeded_generator("loader", args.seed))
+        self.start, self.total, self.dist = start, total, dist
+        self.skipped = {}  # global loader worker id -> undecodable samples it skipped so far
 
-def count_skipped(skipped, dist, device):
-    """Undecodable samples skipped by all workers of all ranks (skipped: worker id -> count on this rank)."""
-    bad = torch.tensor([sum(skipped.values())], device=device)  # on the device: NCCL reduces GPU tensors only
-    if dist.enabled:
-        torch.distributed.all_reduce(bad)
-    return int(bad)
+    def __iter__(self):
+        for _, (crops, keys, counts) in zip(range(self.start, self.total), self.loader):  # the remaining steps
+            self.skipped.update({w: max(c, self.skipped.get(w, 0)) for w, c in counts.tolist()})  # (b, 2) pairs
+            yield crops, keys, None
+
+    def count_skipped(self, device):
+        """Undecodable samples skipped by all workers of all ranks."""
+        bad = torch.tensor([sum(self.skipped.values())], device=device)  # on the device: NCCL reduces GPU tensors
+        if self.dist.enabled:
+            torch.distributed.all_reduce(bad)
+        return int(bad)

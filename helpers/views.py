@@ -15,8 +15,8 @@ cache is built through the same function. No loader processes, no per-step decod
   draw_views       k crop boxes + flips per image, vectorised, torchvision's RandomResizedCrop rule
   render_views     the crops of a batch, on the device (roi_align: bilinear, averaging when it shrinks)
   make_crop        one view of a PIL image (stage 1's shard stream, which is read once)
-  prepare_targets  the teacher cache (read, or built under a lock) and the text embeddings
-  plan_epoch, step_batches  which image and view each rank sees at each step: pure functions of (seed, step)
+  prepare_cache    the teacher cache: read, or built under a lock
+  epoch_views, step_batches  which image and view each rank sees at each step: pure functions of (seed, step)
 """
 import contextlib
 import json
@@ -35,7 +35,6 @@ from torchvision.ops import roi_align
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
-import zeroshot
 from helpers import common
 from helpers.common import require
 
@@ -311,10 +310,9 @@ def cache_lock(folder, dist):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def build_cache(path, meta, images, teacher, args, dist, device, text, captions=None):
+def build_cache(path, meta, images, teacher, args, dist, device):
     """Draw K views per image from the cache's own generator, embed each once with the frozen teacher, write the
-    cache atomically, with the text embeddings (and the caption embeddings) the run already has. Under torchrun
-    each rank embeds every world_size-th image and rank 0 merges."""
+    cache atomically. Under torchrun each rank embeds every world_size-th image and rank 0 merges."""
     boxes, flips = draw_views(images.image_sizes, args.views, seeded_generator("cache", args.cache_seed),
                               args.crop_scale)
     n, k_views = len(images.paths), args.views
@@ -338,65 +336,36 @@ def build_cache(path, meta, images, teacher, args, dist, device, text, captions=
                 path.with_name(f"{path.name}.part{r}").unlink()
     if dist.is_main:
         common.save_torch({"meta": meta, "paths": images.paths, "boxes": boxes, "flips": flips, "emb": emb,
-                           "text": text, **({"captions": captions} if captions else {}),
                            "skipped": list(images.skipped)}, path)
     if dist.enabled:
         torch.distributed.barrier()
     return read_cache(path, meta)
 
 
-def prepare_targets(images, teacher, classnames, templates, args, dist, device):
-    """(teacher cache or None with --no-cache, (C, D) class text embeddings or None without a class set,
-    (N, D) caption embeddings or None): everything the losses compare the student with.
-
-    Text embeddings come from zeroshot.py's classifier (one source: zeroshot.build_classifier; a caption is a
-    class of one prompt and the template "{c}"). The cache keeps copies, so a run on a cached folder does not
-    run the text tower again."""
-    text_key = common.fingerprint([classnames, templates])
-    captions = images.prompts if args.loss != "l2" and args.text == "caption" else None
-    caption_key = common.fingerprint(captions) if captions else None
-
-    def class_text():
-        return zeroshot.build_classifier(teacher, classnames, templates, device="cpu") if classnames else None
-
-    def caption_text():
-        return zeroshot.build_classifier(teacher, captions, ["{c}"], device="cpu").half() if captions else None
-    if not args.cache:
-        return None, class_text(), caption_text()
+def prepare_cache(images, teacher, args, dist, device):
+    """The teacher cache of this folder, teacher and K (the image targets): read when its metadata matches this run,
+    else built. A cache written before the text embeddings moved out also held them; it loads as it is, and they
+    are not read."""
     meta, path = cache_metadata(images, teacher, args)
     with cache_lock(path.parent, dist):
         cache = read_cache(path, meta)
         if dist.enabled:
             torch.distributed.barrier()  # every rank has decided before anyone rewrites the file
-        stored = cache["text"].get(text_key, {}).get("emb") if cache is not None else None
-        class_text_emb = stored if stored is not None or not classnames else class_text()
-        stored = (cache.get("captions") or {}) if cache is not None else {}
-        caption_emb = stored["emb"] if captions and stored.get("key") == caption_key else caption_text()
-        text = {text_key: {"classnames": classnames, "templates": templates, "emb": class_text_emb}} \
-            if classnames else {}
         if cache is None:
             t0 = time.time()
-            cache = build_cache(path, meta, images, teacher, args, dist, device, text,
-                                {"key": caption_key, "emb": caption_emb} if captions else None)
+            cache = build_cache(path, meta, images, teacher, args, dist, device)
             if dist.is_main:
                 print(f"teacher cache: built {path} ({len(images.paths)} images x {args.views} views) in "
                       f"{time.time() - t0:.0f}s")
         elif dist.is_main:
             print(f"teacher cache: reusing {path}")
-        new_text = text and text_key not in cache["text"]
-        new_captions = captions and (cache.get("captions") or {}).get("key") != caption_key
-        if (new_text or new_captions) and dist.is_main:  # one more class set or prompt list: kept beside the rest
-            cache["text"].update(text)
-            if new_captions:
-                cache["captions"] = {"key": caption_key, "emb": caption_emb}  # (N, D) fp16, one row per image
-            common.save_torch(cache, path)
-    return cache, class_text_emb, caption_emb
+    return cache
 
 
 # ----------------------------------------------------------------------------------------------
 # which view of which image each step sees
 
-def plan_epoch(epoch, seed, train_idx, cache, image_sizes, scale):
+def epoch_views(epoch, seed, train_idx, cache, image_sizes, scale):
     """Image order and one view per image for an epoch: a pure function of (seed, epoch), so resume and any
     number of ranks or workers see the same batches. With --no-cache the views are fresh draws."""
     gen = seeded_generator("epoch", seed, epoch)
@@ -408,13 +377,13 @@ def plan_epoch(epoch, seed, train_idx, cache, image_sizes, scale):
     return order, torch.zeros_like(order), boxes[:, 0], flips[:, 0]
 
 
-def step_batches(plan, start, total, steps_per_epoch, batch_size, dist):
+def step_batches(epoch_views, start, total, steps_per_epoch, batch_size, dist):
     """This rank's share of the global batch of each step start..total-1: (image idx (b,), view (b,), boxes (b, 4),
     flips (b,)), a contiguous 1/world_size slice, so N processes together see exactly the images one process sees."""
     local, current = batch_size // dist.world_size, (None, None)
     for step in range(start, total):
         epoch, b = divmod(step, steps_per_epoch)
         if current[0] != epoch:
-            current = (epoch, plan(epoch))
+            current = (epoch, epoch_views(epoch))
         lo = b * batch_size + dist.rank * local
         yield tuple(x[lo:lo + local] for x in current[1])
