@@ -42,7 +42,8 @@ STUDENTS = ["tiny_vit_5m_224", "tiny_vit_11m_224", "tiny_vit_21m_224", "efficien
 
 @dataclass
 class Args:
-    """Benchmarks, the GPU check and the headline table."""
+    """Benchmarks, the GPU check and the headline table.
+    Every default here is ours (measurement settings, not the method's); the teacher and students are the paper's."""
     command: str = field(default="models", metadata={"help": "sub-command", "choices": list(SUBCOMMANDS)})
     paths: List[str] = field(default_factory=list, metadata={"help": "table: result JSONs or folders"})
     # models

@@ -49,7 +49,8 @@ CHECK_PROMPTS = ["a photo of a cat.", "a photo of a great pyrenees, a type of pe
 
 @dataclass
 class Args:
-    """Export a distill.py student as an open_clip model folder."""
+    """Export a distill.py student as an open_clip model folder.
+    Every default here is ours (the paper and the authors' code have no export): where files go, and what is kept."""
     # input
     run: str = field(default="", metadata={"help": "distill.py run folder (holding student.pt) or a student.pt; "
                                                    "may come first without --run"})
@@ -58,7 +59,8 @@ class Args:
     teacher_pretrained: Optional[str] = field(default=None, metadata={"help": "override its pretrained tag/file"})
     # output
     out: Optional[str] = field(default=None, metadata={"help": "output folder (default: <run>/open_clip)"})
-    text_dtype: str = field(default="float32", metadata={"help": "how the text tower is stored",
+    text_dtype: str = field(default="float32", metadata={"help": "how the text tower is stored (ours: float32, "
+                                                                 "the teacher's own weights unchanged)",
                                                          "choices": list(TEXT_DTYPES)})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output folder"})
 

@@ -39,28 +39,38 @@ from helpers.common import UserError, require
 
 @dataclass
 class Args:
-    """Generate a synthetic training set for one domain with a text-to-image diffusion model."""
+    """Generate a synthetic training set for one domain with a text-to-image diffusion model.
+    Every default says whose it is: the paper's, the authors' code's, or ours (and why)."""
     # data
-    dataset: str = field(default="pets", metadata={"help": f"one of {', '.join(domains.DATASETS)}"})
-    per_class: int = field(default=265, metadata={"help": "images per class (the paper's 265); a larger value "
-                                                          "than a previous run's extends it"})
+    dataset: str = field(default="pets", metadata={"help": f"one of {', '.join(domains.DATASETS)} (ours: the "
+                                                           f"paper's first domain)"})
+    per_class: int = field(default=265, metadata={"help": "images per class; a larger value than a previous run's "
+                                                          "extends it (authors' code: 265, from 15 options)"})
     prompts: str = field(default="diverse", metadata={"help": "diverse (class + location, time, pose/colour/"
                                                               "serving/material, angle) | simple ('a photo of a {c}')"
-                                                              " | llm (diverse, with an LLM's words per class)"})
+                                                              " | llm (diverse, with an LLM's words per class) "
+                                                              "(paper: diverse)"})
     llm: str = field(default="Qwen/Qwen2.5-1.5B-Instruct", metadata={
-        "help": "--prompts llm: instruction-tuned causal LM (hub id or folder) that writes the attribute options"})
-    out: str = field(default="data/synth", metadata={"help": "images go to OUT/DATASET/"})
-    format: str = field(default="png", metadata={"help": "png (lossless) | jpg (quality 95, several times smaller)"})
-    save_size: Optional[int] = field(default=None, metadata={"help": "store images resized to this short side"})
+        "help": "--prompts llm: instruction-tuned causal LM (hub id or folder) that writes the attribute options "
+                "(ours: the authors' Llama-2-7b-chat is gated)"})
+    out: str = field(default="data/synth", metadata={"help": "images go to OUT/DATASET/ (ours)"})
+    format: str = field(default="png", metadata={"help": "png (lossless) | jpg (quality 95, several times smaller) "
+                                                         "(ours: png, lossless)"})
+    save_size: Optional[int] = field(default=None, metadata={"help": "store images resized to this short side "
+                                                                     "(ours: None, as generated)"})
     # generator
     generator: str = field(default="sd15-lcm", metadata={"help": "preset (sd15-lcm, sdxl-lcm, sd-turbo, sdxl-turbo),"
-                                                                 " hub id ORG/NAME or a local diffusers folder"})
-    steps: Optional[int] = field(default=None, metadata={"help": "denoising steps (None: the preset's, else 25)"})
-    guidance: Optional[float] = field(default=None, metadata={"help": "guidance scale (None: the preset's, else 7.5)"})
+                                                                 " hub id ORG/NAME or a local diffusers folder "
+                                                                 "(authors' code: DreamShaper-7 + LCM-LoRA)"})
+    steps: Optional[int] = field(default=None, metadata={"help": "denoising steps (None: the preset's, else 25; "
+                                                                 "authors' code: 6 for sd15-lcm)"})
+    guidance: Optional[float] = field(default=None, metadata={"help": "guidance scale (None: the preset's, else 7.5; "
+                                                                      "authors' code: 0.5 for sd15-lcm)"})
     size: Optional[int] = field(default=None, metadata={"help": "image side in px (None: the preset's, else the "
-                                                                "model's native size)"})
-    seed: int = field(default=0, metadata={"help": "image n of class c uses a seed derived from (seed, c, n)"})
-    # system
+                                                                "model's native size; authors' code: 512)"})
+    seed: int = field(default=0, metadata={"help": "image n of class c uses a seed derived from (seed, c, n) "
+                                                   "(ours: the authors' generation was unseeded)"})
+    # system (ours: where and how fast images are made, not which)
     batch_size: int = field(default=8, metadata={"help": "images per pipeline call (keep it: byte-identical reruns)"})
     shard: str = field(default="0/1", metadata={"help": "i/n: this job makes every n-th batch, from the i-th"})
     writers: int = field(default=4, metadata={"help": "background threads that encode and save images"})

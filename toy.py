@@ -67,7 +67,8 @@ VIEW_SETTINGS = {"1": ["--views", "1"], "2": ["--views", "2"], "8": ["--views", 
 
 @dataclass
 class Args:
-    """Zero-shot distillation in a toy world: at which strength of the generator's mark does the student follow it?"""
+    """Zero-shot distillation in a toy world: at which strength of the generator's mark does the student follow it?
+    Every default here is ours (the toy world is not the paper's): sized for 2 CPU cores; why, where it matters."""
     study: str = field(default="marks", metadata={"help": "marks: sweep the mark's opacity; views: K cached views "
                                                           "against fresh ones", "choices": ["marks", "views"]})
     # data

@@ -40,20 +40,26 @@ GENERIC_TEMPLATES = ["a photo of a {c}."]  # for folders that name no known data
 
 @dataclass
 class Args:
-    """Zero-shot evaluation of an open_clip model or a distilled student."""
+    """Zero-shot evaluation of an open_clip model or a distilled student.
+    Every default says whose it is: the paper's, the authors' code's, or ours (and why)."""
     # model
     model: str = field(default="ViT-B-32", metadata={
-        "help": "open_clip name, local-dir:PATH (e.g. a run's open_clip/), hf-hub:ORG/REPO, or a student.pt / last.pt"})
+        "help": "open_clip name, local-dir:PATH (e.g. a run's open_clip/), hf-hub:ORG/REPO, or a student.pt / last.pt "
+                "(paper: the teacher)"})
     pretrained: Optional[str] = field(default="datacomp_xl_s13b_b90k",
-                                      metadata={"help": "open_clip tag or weights file (open_clip names only)"})
+                                      metadata={"help": "open_clip tag or weights file (open_clip names only) "
+                                                        "(paper: the teacher's)"})
     # data
-    dataset: str = field(default="pets", metadata={"help": f"{'|'.join(domains.DATASETS)}, or a folder"})
-    data_root: str = field(default="data", metadata={"help": "where torchvision datasets live"})
-    split: str = field(default="test", metadata={"help": "dataset split (torchvision datasets only)"})
-    templates: str = field(default="paper", metadata={"help": "prompt set", "choices": list(TEMPLATE_SETS)})
-    download: bool = field(default=False, metadata={"help": "let torchvision download the dataset"})
-    limit: Optional[int] = field(default=None, metadata={"help": "evaluate only the first N images"})
-    # system
+    dataset: str = field(default="pets", metadata={"help": f"{'|'.join(domains.DATASETS)}, or a folder (ours: the "
+                                                           f"paper's first domain)"})
+    data_root: str = field(default="data", metadata={"help": "where torchvision datasets live (ours)"})
+    split: str = field(default="test", metadata={"help": "dataset split, torchvision datasets only (paper)"})
+    templates: str = field(default="paper", metadata={"help": "prompt set (paper: one prompt per class)",
+                                                      "choices": list(TEMPLATE_SETS)})
+    download: bool = field(default=False, metadata={"help": "let torchvision download the dataset (ours: only "
+                                                            "when asked)"})
+    limit: Optional[int] = field(default=None, metadata={"help": "evaluate only the first N images (ours: all)"})
+    # system (ours: where and how fast it runs; amp aside, not what it measures)
     batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
     workers: int = field(default=4, metadata={"help": "data loader processes"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda|cuda:N|mps"})
