@@ -242,7 +242,8 @@ def load_student(path, device="cpu"):
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise UserError(f"{path} is not a readable torch checkpoint ({type(e).__name__})") from None
-    if isinstance(ckpt, dict) and "format" not in ckpt and {"model", "args", "timm_name", "step"} <= set(ckpt):
+    if isinstance(ckpt, dict) and "format" not in ckpt and {"args", "timm_name", "step"} <= set(ckpt) \
+            and {"state_dict", "model"} & set(ckpt):
         ckpt = resume_state_student(ckpt, path)
     require(isinstance(ckpt, dict) and ckpt.get("format") == STUDENT_FORMAT,
             f"{path} is not a student checkpoint (no format '{STUDENT_FORMAT}'); pass a distill.py "
@@ -256,15 +257,15 @@ def resume_state_student(state, path):
     """The student.pt dict of the student in a last.pt, which holds its weights and the run's args but not its
     input size and normalisation: those are the teacher's (the one its args name, loaded on the CPU) unless the
     run set --image-size."""
-    args = state["args"]
+    args, weights = state["args"], state.get("state_dict", state.get("model"))  # "model": last.pt's key before
     try:
         teacher = load_teacher(args["teacher"], args.get("teacher_pretrained"))
     except UserError as e:
         raise UserError(f"{path} (a distill.py last.pt) needs its teacher for the input size and normalisation: "
                         f"{e}") from None
-    model = build_student(state["timm_name"], state["model"]["proj.weight"].shape[0],
+    model = build_student(state["timm_name"], weights["proj.weight"].shape[0],
                           image_size=args.get("image_size") or teacher.image_size)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
     return student_checkpoint(model, teacher, dataset=args.get("dataset"), extra={"args": args, "step": state["step"]})
 
 

@@ -136,7 +136,8 @@ class ShardBatches:
                              dist.world_size, skip={w: len(range(w, start, workers)) * local for w in range(workers)},
                              first_worker=start % workers)
         self.loader = torch.utils.data.DataLoader(stream, batch_size=local, num_workers=args.workers,
-                                                  pin_memory=pin_memory, generator=seeded_generator("loader", args.seed))
+                                                  pin_memory=pin_memory,
+                                                  generator=seeded_generator("loader", args.seed))
         self.start, self.total, self.dist = start, total, dist
         self.skipped = {}  # global loader worker id -> undecodable samples it skipped so far
 
