@@ -253,6 +253,9 @@ def main(argv=None):
         positional.append(rest.pop(0))
     args = common.parse_args(Args, ["--command", command] + rest + (["--paths"] + positional if positional else []),
                              description=__doc__)
+    common.require_numbers(args, positive=("runs", "batch_size", "image_size"), non_negative=("warmup", "workers"))
+    if command == "models":  # the architecture only (speed and size do not depend on the weights)
+        models.resolve_teacher(args.teacher, None, weights=False)
     if args.quick:
         args.batch_size, args.warmup, args.runs = min(args.batch_size, 8), 1, 3
     device = common.pick_device(args.device)

@@ -225,10 +225,12 @@ def lr_at(step, args, total):
     return args.lr
 
 
-def checkpoint(model, optimizer, step, plan, device):
-    """last.pt: the unwrapped student (under "state_dict", as in student.pt), the optimizer and every random stream,
-    enough to continue bit for bit."""
+def checkpoint(model, optimizer, step, plan, device, log):
+    """last.pt: the unwrapped student (under "state_dict", as in student.pt), the optimizer, every random stream and
+    the log's position (the step of its last line and the loss summed since), enough to continue bit for bit,
+    log.jsonl included."""
     return {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "total": plan.total,
+            "log": log,
             "epoch": step // plan.steps_per_epoch, "timm_name": plan.args.student,
             "rng": run_state.rng_state(device), "data": {"images": plan.images.digest, "train": len(plan.train_idx)},
             "args": dataclasses.asdict(plan.args)}
@@ -244,9 +246,9 @@ def describe_run(plan, teacher, model, resolution, dist):
           f"{plan.total} steps of {args.batch_size} | device {device} {common.autocast_dtype(device)} | "
           f"world {dist.world_size}")
     for path, reason in images.skipped:
-        print(f"warning: skipped undecodable image {images.root / path} ({reason})")
+        print(f"warning: skipped undecodable image {images.root / path} ({reason})", file=sys.stderr)
     if images.skipped:
-        print(f"warning: skipped {len(images.skipped)} undecodable images of {images.root}")
+        print(f"warning: skipped {len(images.skipped)} undecodable images of {images.root}", file=sys.stderr)
 
 
 def report_stream(plan, step, bad, dist):
@@ -348,7 +350,9 @@ def main(argv=None):
     # the training loop
     model.train()
     loss_fn = LOSSES[args.loss]
-    last_saved, last_log, loss_sum, t_log, step = plan.start, plan.start, 0.0, time.time(), plan.start
+    last_saved, t_log, step = plan.start, time.time(), plan.start
+    position = (plan.state or {}).get("log") or {"step": plan.start, "loss_sum": 0.0}  # a resumed run's log goes on
+    last_log, loss_sum = position["step"], position["loss_sum"]
     width = max(5, len(str(plan.total)))
     # idx: (b,) image indices (stage 1: sample keys); view: (b,) cached view index of each (stage 1: None)
     for step, (crops, idx, view) in enumerate(loader, start=plan.start + 1):  # step = steps done after this one
@@ -392,7 +396,8 @@ def main(argv=None):
             last_log, loss_sum, t_log = step, 0.0, time.time()
         if step % args.save_every == 0 and step < plan.total:
             if dist.is_main:
-                common.save_torch(checkpoint(model, optimizer, step, plan, device), out / "last.pt")
+                common.save_torch(checkpoint(model, optimizer, step, plan, device,
+                                             {"step": last_log, "loss_sum": loss_sum}), out / "last.pt")
             last_saved = step
 
     # the end: last.pt, the student (student.pt and the open_clip folder), evaluation
@@ -401,7 +406,8 @@ def main(argv=None):
     if dist.enabled:
         torch.distributed.barrier()
     if dist.is_main:
-        common.save_torch(checkpoint(model, optimizer, step, plan, device), out / "last.pt")
+        common.save_torch(checkpoint(model, optimizer, step, plan, device, {"step": last_log, "loss_sum": loss_sum}),
+                          out / "last.pt")
         save_student(plan, model, teacher, classnames, templates, class_text_emb, step)
         evaluate_run(plan, teacher, device)
     common.cleanup_distributed()

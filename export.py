@@ -26,6 +26,7 @@ import contextlib
 import copy
 import logging
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -36,6 +37,7 @@ from typing import Optional
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from helpers import common, models
 from helpers.common import UserError, require
@@ -243,8 +245,11 @@ def write_folder(clip, cfg, tokenizer, folder, text_dtype):
     try:
         save_for_hf(clip, tokenizer, cfg, tmp, safe_serialization=True)  # safetensors only: no pickle, one copy
         common.honour_umask(tmp)  # safetensors writes its file 0600: others could not read a shared run's model
-    except (RuntimeError, ValueError) as e:  # e.g. safetensors refuses tensors that share memory
+    except (RuntimeError, ValueError, SafetensorError) as e:  # e.g. safetensors refuses tensors that share memory
         shutil.rmtree(tmp, ignore_errors=True)
+        code = re.search(r"Os \{ code: (\d+)", str(e))  # safetensors' text of a failed write (a full disk)
+        if code:
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp)) from None
         raise UserError(f"open_clip could not write the model: {common.first_line(e)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -355,7 +360,14 @@ def main(argv=None):
     check_out(folder, args.overwrite)
     student, ckpt = models.load_student(path)
     teacher = load_its_teacher(ckpt, args, path)
-    return export_open_clip(student, teacher, folder, text_dtype=args.text_dtype, overwrite=args.overwrite)
+    # one writer: the folder that holds the output (a run folder, by default) is locked, as distill.py locks it
+    lock = common.lock_run_folder(common.prepare_out_dir(folder.parent, "--out", create=False), "--out")
+    try:
+        common.remove_stale_temps(folder.parent)  # what a killed export or run left there
+        return export_open_clip(student, teacher, folder, text_dtype=args.text_dtype, overwrite=args.overwrite)
+    except BaseException:
+        lock.release(undo=True)  # a refused export leaves no folder it created
+        raise
 
 
 if __name__ == "__main__":

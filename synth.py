@@ -19,6 +19,7 @@ read. Image n of class c comes from its own seed, derived from (--seed, c, n); a
 """
 import functools
 import hashlib
+import math
 import os
 import random
 import re
@@ -256,11 +257,12 @@ def main(argv=None):
     preset = PRESETS.get(args.generator, OTHER_DEFAULTS)
     steps = args.steps or preset["steps"]
     guidance = args.guidance if args.guidance is not None else preset["guidance"]
+    require(math.isfinite(guidance) and guidance >= 0, f"--guidance must be a number >= 0 (got {guidance})")
 
     num_classes, folder = len(classnames), Path(args.out) / args.dataset
-    if not args.dry_run or args.prompts == "llm":  # an unusable --out fails now, before any model is loaded
-        common.prepare_out_dir(args.out)
-        common.prepare_out_dir(folder)
+    if not args.dry_run or args.prompts == "llm":  # an unusable --out fails now, before any model is loaded; the
+        common.prepare_out_dir(args.out, create=False)  # folders are made by the first file written (synth.json),
+        common.prepare_out_dir(folder, create=False)  # so a run refused before it leaves no empty folder
     dist = common.setup_distributed(args.device) if not args.dry_run else common.Dist()
     attributes = None
     if args.prompts == "llm":  # rank 0 asks the LLM once (or reuses attributes.json); other ranks wait for the file

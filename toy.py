@@ -280,8 +280,12 @@ def main(argv=None):
     require(0 < args.holdout < 1 and round(args.holdout * args.per_class * len(SHAPES)) >= 1,
             "--holdout must leave at least one synthetic image out, and not all")
     require(args.threads >= 1 and args.jobs >= 1, "--threads and --jobs must be >= 1")
+    common.require_numbers(args, positive=("teacher_images", "teacher_batch_size", "teacher_lr", "batch_size", "lr"))
+    n_train = args.per_class * len(SHAPES) - round(args.holdout * args.per_class * len(SHAPES))  # distill.py's split
+    require(args.batch_size <= n_train, f"--batch-size {args.batch_size} is larger than the {n_train} training "
+                                        f"images of a run: lower it")
     torch.set_num_threads(args.threads)  # the teacher too: more threads than free cores slow tiny models down a lot
-    out = Path(args.out).expanduser().resolve()
+    out = common.prepare_out_dir(Path(args.out).expanduser().resolve(), create=False)  # a file: one line, now
     t_start, timing = time.time(), {}
     n_runs = args.seeds * (len(args.views) if args.study == "views" else len(args.strengths) * len(args.losses))
     print(f"toy | study {args.study} | {n_runs} students: {args.steps} steps of {args.batch_size}, {args.student} | "

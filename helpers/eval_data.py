@@ -131,7 +131,7 @@ class SkipBroken(torch.utils.data.Dataset):
         try:
             image, label = self.ds[i]
             return image, int(label), i
-        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, unidentified, bad header
+        except common.UNDECODABLE as e:  # PIL: truncated, unidentified, bad header, a decompression bomb
             return None, -1, (i, common.first_line(e, 100))
 
 

@@ -22,6 +22,7 @@ from helpers.common import UserError, require
 STUDENT_FORMAT = "zsd-student/1"  # the "format" key of every student.pt
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+WEIGHT_EXTS = (".safetensors", ".bin", ".pth")  # the weight files open_clip looks for in a local-dir: folder
 
 
 def file_signature(path):
@@ -104,8 +105,9 @@ class Teacher:
         return key
 
 
-def _resolve_teacher_source(name, pretrained):
-    """Check name/tag before open_clip does, so bad input fails fast with a useful message."""
+def resolve_teacher(name, pretrained, weights=True):
+    """Check name/tag before open_clip does, so bad input fails fast with a useful message (nothing is loaded).
+    A local-dir: folder must hold its weights, unless weights=False (a caller that wants the architecture only)."""
     import open_clip
     if name.startswith("local-dir:"):
         folder = Path(name[len("local-dir:"):]).expanduser()
@@ -113,6 +115,10 @@ def _resolve_teacher_source(name, pretrained):
                                  f"open_clip folder with open_clip_config.json and weights)")
         require((folder / "open_clip_config.json").is_file(),
                 f"{folder} has no open_clip_config.json, so it is not an open_clip model folder")
+        # open_clip would warn and go on with random weights: a silent wrong teacher, refused here
+        require(not weights or any(p.suffix in WEIGHT_EXTS for p in folder.iterdir() if p.is_file()),
+                f"{folder} has open_clip_config.json but no weights file ({', '.join('*' + e for e in WEIGHT_EXTS)}, "
+                f"e.g. open_clip_model.safetensors): copy the model's weights file into it")
         return "local-dir:" + str(folder.resolve()), None
     if name.startswith("hf-hub:"):
         require(not hub_offline(), f"{name} needs the Hugging Face hub, which cannot be reached (offline). "
@@ -164,7 +170,7 @@ def load_teacher(name="ViT-B-32", pretrained="datacomp_xl_s13b_b90k", device="cp
     (an open_clip folder: open_clip_config.json + weights), or `hf-hub:ORG/REPO`.
     """
     import open_clip
-    name, pretrained = _resolve_teacher_source(name, pretrained)
+    name, pretrained = resolve_teacher(name, pretrained)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(name)
@@ -172,6 +178,9 @@ def load_teacher(name="ViT-B-32", pretrained="datacomp_xl_s13b_b90k", device="cp
         raise
     except Exception as e:  # open_clip raises RuntimeError/ValueError/FileNotFoundError with long texts
         msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        if "state_dict" in msg:  # open_clip loads strictly: missing or unexpected weights, or other shapes
+            weights = "the weights in " + name[len("local-dir:"):] if name.startswith("local-dir:") else pretrained
+            msg = f"{weights} do not fit the model's config: {first_difference(str(e))}"
         raise UserError(f"could not load teacher {name} ({pretrained}): {msg}") from None
     model.eval().requires_grad_(False)
     pp = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
@@ -181,6 +190,12 @@ def load_teacher(name="ViT-B-32", pretrained="datacomp_xl_s13b_b90k", device="cp
     return Teacher(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name, pretrained=pretrained,
                    image_size=int(size), mean=tuple(pp.get("mean", OPENAI_CLIP_MEAN)),
                    std=tuple(pp.get("std", OPENAI_CLIP_STD)), embed_dim=embed_dim)
+
+
+def first_difference(message):
+    """The first missing key, unexpected key or shape mismatch of torch's load_state_dict error text."""
+    lines = [ln.strip() for ln in message.splitlines()[1:] if ln.strip()]
+    return (lines[0] if lines else "keys or shapes differ")[:200]
 
 
 def _probe_embed_dim(model, size, device):

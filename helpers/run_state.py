@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from helpers import common, eval_data, shards, views
+from helpers import common, eval_data, models, shards, views
 from helpers.common import UserError, require
 
 # args that change the trajectory: --resume refuses to continue when one differs
@@ -24,6 +24,7 @@ ESSENTIAL = ("data", "dataset", "views", "cache", "cache_seed", "crop_scale", "s
              "teacher", "teacher_pretrained", "student", "student_pretrained", "init", "loss", "alpha", "temperature",
              "text", "batch_size", "lr", "schedule", "warmup", "seed")
 DEFAULTS_BEFORE = {"text": "class", "store_size": 288}  # what a run started before an essential arg existed did
+CHECKPOINT_KEYS = ("state_dict", "optimizer", "step", "total", "rng", "data", "args")  # what --resume reads of last.pt
 
 
 @dataclass
@@ -54,15 +55,48 @@ def check_args(args):
     require(0.0 <= args.holdout < 1.0, "--holdout must be a fraction in [0, 1)")
     require(len(args.crop_scale) == 2 and 0 < args.crop_scale[0] <= args.crop_scale[1] <= 1,
             "--crop-scale takes two numbers 0 < MIN <= MAX <= 1")
+    require(args.image_size == 0 or args.image_size >= 16, "--image-size must be >= 16 (pixels), or 0: the "
+                                                           "teacher's resolution")
+    require(args.store_size >= 16, "--store-size must be >= 16 (pixels)")
+    import timm
+    require(timm.is_model(args.student), f"unknown timm model '{args.student}' (--student): see timm.list_models(), "
+                                         f"e.g. tiny_vit_11m_224")
+    models.resolve_teacher(args.teacher, args.teacher_pretrained)  # names, tags, a local-dir: with its weights
 
 
 def plan_run(args, dist):
-    """Every check and derived value of a run, before anything is written."""
+    """Every check and derived value of a run, before anything is written. The run folder is locked (rank 0) before
+    the checks that read it, and stays locked while this process runs; a refusal after that leaves it as it was."""
     check_args(args)
     require(args.batch_size % dist.world_size == 0,
             f"--batch-size {args.batch_size} must split evenly across {dist.world_size} ranks")
     stage1 = shards.is_shards(args.data)
-    require(args.store_size >= 16, "--store-size must be >= 16 (pixels)")
+    root = shards.load_shards(args.data).root if stage1 else Path(args.data).expanduser().resolve()
+    require(stage1 or root.is_dir(), f"--data {args.data} does not exist: pass a synth.py output folder or an image "
+                                     f"folder")
+    labelled = not stage1 and (root / "manifest.jsonl").is_file()  # the labels come from synth.py's manifest
+    require(stage1 or args.loss == "l2" or labelled,
+            f"--loss {args.loss} needs class labels, but {root} has no manifest.jsonl (a plain image folder): use "
+            f"--loss l2 or a synth.py folder")
+    require(stage1 or args.holdout == 0 or labelled, "--holdout needs a synth.py folder (labels)")
+    out = Path(args.out or f"runs/{root.name}_{args.loss}_{args.student}").expanduser().resolve()
+    common.prepare_out_dir(out, create=False)  # a folder we can write, else one line
+    lock = common.lock_run_folder(out) if dist.is_main else None  # one writer: a second run is refused here
+    try:
+        if dist.is_main:
+            common.remove_stale_temps(out)  # a killed writer's temp files: no live writer holds them (we lock)
+        state = load_resume_state(out, args, root) if args.resume else None
+        require(args.resume or not out.exists() or not any(map(common.is_run_file, out.iterdir())),
+                f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+        return plan_images(args, dist, stage1, out, state)
+    except BaseException:
+        if lock is not None:
+            lock.release(undo=True)  # and the folder, when this run created it
+        raise
+
+
+def plan_images(args, dist, stage1, out, state):
+    """The rest of plan_run: the images (decoded once into the store) and what depends on them."""
     images = shards.load_shards(args.data) if stage1 else views.load_images(args.data, args.store_size, args.workers,
                                                                               dist, args.cache_dir)
     if stage1:
@@ -73,17 +107,8 @@ def plan_run(args, dist):
         require(len(images.paths) >= dist.world_size * max(1, args.workers),
                 f"{len(images.paths)} shards cannot feed {dist.world_size} ranks x {max(1, args.workers)} loader "
                 f"processes (--workers): use more shards or fewer workers")
-    args = dataclasses.replace(  # the resolved values are what args.json records and --resume compares
-        args, crop_scale=tuple(args.crop_scale), cache=args.cache and not stage1,
-        data=args.data if stage1 else str(images.root),
-        init=str(Path(args.init).expanduser().resolve()) if args.init else None)
+    args = resolved(args, stage1, images.root)
     dataset = args.dataset or images.dataset
-    out = Path(args.out or f"runs/{images.root.name}_{args.loss}_{args.student}").expanduser().resolve()
-    common.prepare_out_dir(out, create=False)  # a folder we can write; created with args.json, after the last check
-    require(args.loss == "l2" or images.labels is not None,
-            f"--loss {args.loss} needs class labels, but {images.root} has no manifest.jsonl (a plain image "
-            f"folder): use --loss l2 or a synth.py folder")
-    require(args.holdout == 0 or images.labels is not None, "--holdout needs a synth.py folder (labels)")
     require(args.loss == "l2" or args.text == "class" or (images.prompts and all(images.prompts)),
             f"--loss {args.loss} --text caption needs each image's prompt, but {images.root}/manifest.jsonl has "
             f"none for some images: pass --text class (the class prompts)")
@@ -101,23 +126,29 @@ def plan_run(args, dist):
     steps_per_epoch = args.steps if stage1 else len(train_idx) // args.batch_size
     total = args.steps or args.epochs * steps_per_epoch
     data = {"images": images.digest, "train": len(train_idx)}
-    state = load_resume_state(out, args, data) if args.resume else None
-    if not args.resume:
-        require(not out.exists() or not any(out.iterdir()),
-                f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    require(state is None or state["data"] == data, f"--resume: the images in {args.data} changed since {out} "
+                                                    f"was started")
     require(state is None or args.schedule != "cosine" or state["total"] == total,
             f"--resume: the cosine schedule was set for {state and state['total']} steps; keep --steps/--epochs")
     return Plan(args, stage1, images, dataset, out, holdout, train_idx, steps_per_epoch, total, state,
                 state["step"] if state else 0)
 
 
+def resolved(args, stage1, root):
+    """Args with the resolved values that args.json records and --resume compares."""
+    return dataclasses.replace(args, crop_scale=tuple(args.crop_scale), cache=args.cache and not stage1,
+                               data=args.data if stage1 else str(root),
+                               init=str(Path(args.init).expanduser().resolve()) if args.init else None)
+
+
 def essential(saved):
     return json.loads(json.dumps({k: saved.get(k, DEFAULTS_BEFORE.get(k)) for k in ESSENTIAL}))  # tuples -> lists
 
 
-def load_resume_state(out, args, data):
-    """last.pt of the run in `out` after checking that this command continues it. A run killed before its first
-    checkpoint has only args.json: it is checked the same way and starts again at step 0 (returns None)."""
+def load_resume_state(out, args, root):
+    """last.pt of the run in `out` after checking that this command continues it (its images are checked once
+    they are loaded). A run killed before its first checkpoint has only args.json: it is checked the same way and
+    starts again at step 0 (returns None)."""
     last, saved_args = out / "last.pt", out / "args.json"
     require(last.is_file() or saved_args.is_file(),
             f"--resume: nothing to resume, {out} holds neither last.pt nor args.json")
@@ -127,17 +158,18 @@ def load_resume_state(out, args, data):
             state = torch.load(last, map_location="cpu", weights_only=False)
         except Exception as e:
             raise UserError(f"--resume: {last} is not readable ({type(e).__name__})") from None
-        if "model" in state:  # written before last.pt kept its weights under student.pt's key
+        if isinstance(state, dict) and "model" in state:  # older last.pt: its weights under "model"
             state["state_dict"] = state.pop("model")
+        missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else CHECKPOINT_KEYS
+        require(not missing and isinstance(state["args"], dict), f"--resume: {last} is not a distill.py last.pt "
+                f"(it lacks {', '.join(missing) or 'args'}): remove it to start again from step 0 (args.json stays)")
         saved = essential(state["args"])
     else:
         saved = essential(common.read_json(saved_args, "args.json", keys=ESSENTIAL))
-    now = essential(dataclasses.asdict(args))
+    now = essential(dataclasses.asdict(resolved(args, shards.is_shards(args.data), root)))
     diff = [f"--{k.replace('_', '-')} {saved[k]} (now {now[k]})" for k in ESSENTIAL if saved[k] != now[k]]
     require(not diff, f"--resume: {out} was started with {', '.join(diff)}; essential args must match "
                       f"(use another --out for a new run)")
-    require(state is None or state["data"] == data, f"--resume: the images in {args.data} changed since {out} "
-                                                    f"was started")
     return state
 
 

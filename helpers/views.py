@@ -19,9 +19,11 @@ cache is built through the same function. No loader processes, no per-step decod
   epoch_views, step_batches  which image and view each rank sees at each step: pure functions of (seed, step)
 """
 import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +138,7 @@ class DecodeForStore(torch.utils.data.Dataset):
             with Image.open(self.root / self.paths[i]) as im:
                 im.load()  # a truncated file fails here, not at step N of a run
                 size, im = im.size, im.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, unidentified, bad header; missing
+        except common.UNDECODABLE as e:  # PIL: truncated, unidentified, bad header, a bomb; missing
             return i, None, None, common.first_line(e, 100)
         if im.size != (self.resolution,) * 2:  # R x R: boxes are rescaled per axis when a crop is rendered
             im = im.resize((self.resolution,) * 2, Image.BILINEAR)  # antialiased when it shrinks
@@ -166,25 +168,61 @@ def open_store(root, paths, store_size, workers, dist, folder):
     return record, store, key
 
 
+def available_cpus():
+    """The CPUs this process may run on (a container's or taskset's limit), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_free_space(folder, nbytes, what):
+    """Refuse before writing when the file system of `folder` (or its nearest existing parent) has less free space
+    than `nbytes`, with what would not fit."""
+    probe = Path(folder)
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    require(nbytes <= free, f"{what} needs {nbytes / 2**30:.2f} GiB but {probe} has {free / 2**30:.2f} GiB free: "
+                            f"free some space, or pass a smaller --store-size")
+
+
+def reserve(path, nbytes):
+    """Create `path` with all its nbytes allocated on disk (zeros), so that writing them through a memory map cannot
+    fail later. A file system without fallocate: written with ordinary writes instead."""
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, nbytes)
+            return
+        except (AttributeError, OSError) as e:
+            if getattr(e, "errno", None) not in (None, errno.EOPNOTSUPP, errno.EINVAL):
+                raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
+        block = bytes(2**20)
+        for start in range(0, nbytes, len(block)):
+            f.write(block[:min(len(block), nbytes - start)])
+
+
 def build_store(root, paths, store_size, workers, record_path, store_path):
     """Decode every image once (loader processes in parallel) into an (N, R, R, 3) uint8 file, R = the smaller of
     store_size and the largest image side; written to a temp file and renamed, then its record."""
-    sizes = []
+    sizes, bad = [], []
     for p in paths:  # headers only: cheap, and R must be known before the decode
         try:
             with Image.open(root / p) as im:
                 sizes.append(im.size)
-        except (OSError, ValueError, SyntaxError):
+        except common.UNDECODABLE as e:
             sizes.append(None)
+            bad.append((p, common.first_line(e, 100)))
     resolution = min(store_size, max([max(s) for s in sizes if s] or [1]))
     good = [i for i, s in enumerate(sizes) if s]
     rows = {i: r for r, i in enumerate(good)}
+    shape = (max(1, len(good)), resolution, resolution, 3)
+    check_free_space(store_path.parent, math.prod(shape), f"the image store of {len(good)} images at "
+                                                          f"{resolution} x {resolution} px")
     tmp = store_path.with_name(f".{store_path.name}.{os.getpid()}.tmp")
-    store = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(max(1, len(good)), resolution, resolution, 3))
+    # more decode processes than CPUs only compete for them (and torch warns about it)
     loader = torch.utils.data.DataLoader(DecodeForStore(root, [paths[i] for i in good], resolution), batch_size=None,
-                                         num_workers=workers)
-    bad = [(paths[i], "not an image") for i, s in enumerate(sizes) if not s]
+                                         num_workers=min(workers, available_cpus()))
     try:
+        reserve(tmp, math.prod(shape))  # a full disk is an OSError here, not a SIGBUS from the memory map later
+        store = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)
         for j, pixels, size, reason in tqdm(loader, desc=f"image store {resolution}px", unit="img", disable=None):
             i = good[j]
             if pixels is None:

@@ -313,8 +313,8 @@ def test_undecodable_images_are_skipped_named_and_recorded(tiny_teacher, tmp_pat
     truncated.write_bytes(truncated.read_bytes()[:200])
     empty.write_bytes(b"")
     distill.main(run_args(synth, tiny_teacher, tmp_path / "a", "--batch-size", "16", steps=2))
-    out = capsys.readouterr().out
-    assert str(truncated) in out and str(empty) in out and "skipped 2 undecodable images" in out
+    err = capsys.readouterr().err  # warnings go to stderr, as zeroshot.py's
+    assert str(truncated) in err and str(empty) in err and "skipped 2 undecodable images" in err
     [cache] = (synth / "cache").glob("*.pt")
     cache = torch.load(cache, weights_only=True)
     assert sorted(p for p, _ in cache["skipped"]) == ["images/001/00003.png", "images/002/00010.png"]
