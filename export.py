@@ -247,9 +247,9 @@ def write_folder(clip, cfg, tokenizer, folder, text_dtype):
         common.honour_umask(tmp)  # safetensors writes its file 0600: others could not read a shared run's model
     except (RuntimeError, ValueError, SafetensorError) as e:  # e.g. safetensors refuses tensors that share memory
         shutil.rmtree(tmp, ignore_errors=True)
-        code = re.search(r"Os \{ code: (\d+)", str(e))  # safetensors' text of a failed write (a full disk)
-        if code:
-            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(tmp)) from None
+        code = re.search(r"os error (\d+)", str(e))  # safetensors' text of a failed write (a full disk): the OSError
+        if code:  # it is, which @entrypoint prints as one line with what to do
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(folder)) from None
         raise UserError(f"open_clip could not write the model: {common.first_line(e)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

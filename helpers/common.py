@@ -111,6 +111,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """--help shows each flag's default and the script's docstring as written (its command lines intact)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag or value (unknown flag, invalid choice, not a number) is one `error:` line and exit 2, as every
+    other bad input; the usage block stays behind --help."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parse_args(args_cls, argv=None, description=None):
     """Build an argparse parser from a dataclass and parse `argv` into an instance of it.
 
@@ -119,8 +128,7 @@ def parse_args(args_cls, argv=None, description=None):
     prints usage and exits with code 2 on an unknown flag or a bad value.
     """
     hints = typing.get_type_hints(args_cls)
-    parser = argparse.ArgumentParser(description=description or (args_cls.__doc__ or "").strip(),
-                                     formatter_class=_HelpFormatter)
+    parser = _Parser(description=description or (args_cls.__doc__ or "").strip(), formatter_class=_HelpFormatter)
     for f in dataclasses.fields(args_cls):
         tp, optional = _unwrap_optional(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
