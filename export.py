@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
-from helpers import common, models
+from helpers import common, models, run_lock
 from helpers.common import UserError, require
 
 # float32 keeps the teacher's text embeddings bit for bit (the zero-shot numbers of the folder equal
@@ -361,9 +361,9 @@ def main(argv=None):
     student, ckpt = models.load_student(path)
     teacher = load_its_teacher(ckpt, args, path)
     # one writer: the folder that holds the output (a run folder, by default) is locked, as distill.py locks it
-    lock = common.lock_run_folder(common.prepare_out_dir(folder.parent, "--out", create=False), "--out")
+    lock = run_lock.lock_run_folder(common.prepare_out_dir(folder.parent, "--out", create=False), "--out")
     try:
-        common.remove_stale_temps(folder.parent)  # what a killed export or run left there
+        run_lock.remove_stale_temps(folder.parent)  # what a killed export or run left there
         return export_open_clip(student, teacher, folder, text_dtype=args.text_dtype, overwrite=args.overwrite)
     except BaseException:
         lock.release(undo=True)  # a refused export leaves no folder it created

@@ -7,9 +7,9 @@ Nothing here is a stage of the pipeline; it is the plumbing every stage needs:
   - devices and torchrun: `pick_device`, `setup_distributed`, `cleanup_distributed`;
   - the file-system boundary: `atomic_write`, `save_json`, `save_torch` (temp file + rename, so a kill
     never leaves a half-written file), `read_json` / `read_jsonl` (encoding, type and key checks),
-    `prepare_out_dir` (exists as a file, not writable, read-only), `lock_run_folder` (one writer per run
-    folder), `list_images` (one extension list, one rule for the folders that are skipped, UNDECODABLE: what
-    an image that cannot be read raises), and synth.py's folder format (`load_manifest`).
+    `prepare_out_dir` (exists as a file, not writable, read-only), `list_images` (one extension list, one rule for
+    the folders that are skipped; UNDECODABLE: what an image that cannot be read raises), and synth.py's folder
+    format (`load_manifest`).
 Models (teacher and student) live in helpers/models.py.
 """
 import argparse
@@ -22,7 +22,6 @@ import math
 import os
 import errno
 import random
-import shutil
 import sys
 import tempfile
 import typing
@@ -35,10 +34,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-try:
-    import fcntl  # run-folder locks (POSIX); elsewhere a run folder is not locked
-except ImportError:  # pragma: no cover
-    fcntl = None
 
 _UMASK = os.umask(0)  # read once (os.umask is process-wide): atomic_write gives files the usual permissions
 os.umask(_UMASK)
@@ -47,6 +42,9 @@ FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file under the user's uma
 
 # ----------------------------------------------------------------------------------------------
 # command lines and errors
+
+_LOCKS = []  # run-folder locks this process holds, newest last (helpers/run_lock.py); @entrypoint releases them
+
 
 class UserError(Exception):
     """Bad input the user can fix. `@entrypoint` prints it as one line and exits with code 2."""
@@ -378,84 +376,6 @@ def prepare_out_dir(path, flag="--out", create=True):
         raise UserError(f"{flag} {path} is not a writable folder ({e.strerror or type(e).__name__}): choose "
                         f"another folder") from None
     return path
-
-
-LOCK_NAME = ".lock"  # <run folder>/.lock: pid and command of the process writing the folder, while it runs
-_LOCKS = []  # FolderLocks this process holds, newest last
-
-
-class FolderLock:
-    """An exclusive flock on <folder>/.lock. The kernel drops it when the process dies (kill -9 included), so there
-    is never a stale lock; a .lock file left by a killed process is taken over by the next run."""
-
-    def __init__(self, folder, fd, created):
-        self.folder, self.fd, self.created = folder, fd, created
-
-    def release(self, undo=False):
-        """Remove .lock (while still held, so no one takes a file that is about to go) and unlock. undo: also
-        remove the folders this lock created, when they are still empty (a run refused after taking the lock)."""
-        if self.fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.unlink(self.folder / LOCK_NAME)
-        os.close(self.fd)
-        self.fd = None
-        if self in _LOCKS:
-            _LOCKS.remove(self)
-        for folder in self.created if undo else ():
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty
-
-
-def lock_run_folder(folder, flag="--out"):
-    """Take the run folder's exclusive lock for the rest of this process's main (`@entrypoint` releases it), creating
-    the folder if needed; another process holding it is one UserError naming that process (pid and command)."""
-    folder = Path(folder)
-    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first, as undo removes them
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
-        if fcntl is None:
-            break
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = " ".join(os.read(fd, 4096).decode(errors="replace").split()) or "starting, pid not written yet"
-            os.close(fd)
-            for p in created:
-                with contextlib.suppress(OSError):
-                    p.rmdir()
-            raise UserError(f"{folder} is being written by another process (pid {holder}): wait for it to end or "
-                            f"stop it, or choose another {flag}") from None
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:  # its holder removed it between our open and our lock: take the new one
-            same = False
-        if same:
-            break
-        os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}: {' '.join(sys.argv) or 'python'}\n".encode())
-    lock = FolderLock(folder, fd, created)
-    _LOCKS.append(lock)
-    return lock
-
-
-def remove_stale_temps(folder):
-    """Temp files and folders that a killed writer left in `folder` (atomic_write's .NAME.*.tmp, the open_clip
-    export's .open_clip.*.tmp/ and .open_clip.*.old/). Call it only under the folder's lock: no live writer then."""
-    for stale in [*Path(folder).glob(".*.tmp"), *Path(folder).glob(".*.old")]:
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
-
-
-def is_run_file(path):
-    """Whether a folder entry belongs to a run (not the lock, not a killed writer's temp file)."""
-    name = Path(path).name
-    return name != LOCK_NAME and not (name.startswith(".") and name.endswith((".tmp", ".old")))
 
 
 def read_text(path, what="file"):

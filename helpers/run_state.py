@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from helpers import common, eval_data, models, shards, views
+from helpers import common, eval_data, models, run_lock, shards, views
 from helpers.common import UserError, require
 
 # args that change the trajectory: --resume refuses to continue when one differs
@@ -81,12 +81,12 @@ def plan_run(args, dist):
     require(stage1 or args.holdout == 0 or labelled, "--holdout needs a synth.py folder (labels)")
     out = Path(args.out or f"runs/{root.name}_{args.loss}_{args.student}").expanduser().resolve()
     common.prepare_out_dir(out, create=False)  # a folder we can write, else one line
-    lock = common.lock_run_folder(out) if dist.is_main else None  # one writer: a second run is refused here
+    lock = run_lock.lock_run_folder(out) if dist.is_main else None  # one writer: a second run is refused here
     try:
         if dist.is_main:
-            common.remove_stale_temps(out)  # a killed writer's temp files: no live writer holds them (we lock)
+            run_lock.remove_stale_temps(out)  # a killed writer's temp files: no live writer holds them (we lock)
         state = load_resume_state(out, args, root) if args.resume else None
-        require(args.resume or not out.exists() or not any(map(common.is_run_file, out.iterdir())),
+        require(args.resume or not out.exists() or not any(map(run_lock.is_run_file, out.iterdir())),
                 f"{out} already holds a run: pass --resume to continue it, or choose another --out")
         return plan_images(args, dist, stage1, out, state)
     except BaseException:

@@ -88,18 +88,28 @@ def fake_hub(tiny_teacher, tmp_path, monkeypatch):
     return cache
 
 
-@pytest.fixture
-def ro_mount(tmp_path):
-    """A real read-only tmpfs mounted at tmp_path/ro; skips where mounting is not permitted (not root, a
-    container without CAP_SYS_ADMIN)."""
-    folder = tmp_path / "ro"
+def mount_tmpfs(folder, options):
+    """Mount a tmpfs at `folder` (created) with these mount options; skips where mounting is not permitted (not
+    root, a container without CAP_SYS_ADMIN). Yields the folder, unmounts after."""
     folder.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
                               capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"cannot mount a read-only tmpfs: {e}")
+        pytest.skip(f"cannot mount a tmpfs: {e}")
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs: {done.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
     yield folder
     subprocess.run(["umount", str(folder)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def ro_mount(tmp_path):
+    """A real read-only tmpfs mounted at tmp_path/ro."""
+    yield from mount_tmpfs(tmp_path / "ro", "ro,size=1m")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 1 MiB tmpfs at tmp_path/full: a disk that fills up."""
+    yield from mount_tmpfs(tmp_path / "full", "size=1m")

@@ -7,7 +7,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import export
 import kit
 import synth
 import toy
-from helpers import common, eval_data, models, views
+from helpers import common, eval_data, models, run_lock, views
 from test_distill import log_steps, run_args
 from test_export import make_run
 
@@ -63,9 +62,9 @@ def test_open_clip_folder_without_weights_or_with_other_weights_is_one_line(tiny
 def test_a_second_writer_is_refused_naming_the_first(tiny_teacher, data, tmp_path, capsys):
     run = tmp_path / "run"
     distill.main(run_args(data, tiny_teacher, run, steps=3))
-    assert not (run / common.LOCK_NAME).exists()  # released with the run
+    assert not (run / run_lock.LOCK_NAME).exists()  # released with the run
     before = snapshot(run)
-    holder = common.lock_run_folder(run)  # another writer (a separate open file: flock conflicts as across processes)
+    holder = run_lock.lock_run_folder(run)  # another writer (a separate open file: flock conflicts as across processes)
     try:
         line = kit.exits_with_one_line(distill.main, run_args(data, tiny_teacher, run, "--resume", steps=6), capsys,
                                        "is being written by another process")
@@ -78,19 +77,19 @@ def test_a_second_writer_is_refused_naming_the_first(tiny_teacher, data, tmp_pat
 
 def test_a_killed_holder_leaves_no_lock(tmp_path):
     run = tmp_path / "run"
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from helpers import common; "
-            "common.lock_run_folder(sys.argv[2]); print('locked', flush=True); time.sleep(60)")
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from helpers import run_lock; "
+            "run_lock.lock_run_folder(sys.argv[2]); print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(common.UserError, match=f"pid {holder.pid}: "):
-            common.lock_run_folder(run)
+            run_lock.lock_run_folder(run)
     finally:
         holder.kill()  # SIGKILL: no cleanup code runs
         holder.wait()
-    assert (run / common.LOCK_NAME).exists()  # its file stays, its lock went with the process
-    common.lock_run_folder(run).release()
-    assert not (run / common.LOCK_NAME).exists()
+    assert (run / run_lock.LOCK_NAME).exists()  # its file stays, its lock went with the process
+    run_lock.lock_run_folder(run).release()
+    assert not (run / run_lock.LOCK_NAME).exists()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,22 +110,6 @@ def test_no_room_for_the_image_store_is_refused_before_writing(tiny_teacher, dat
     kit.exits_with_one_line(distill.main, run_args(data, tiny_teacher, tmp_path / "run"), capsys,
                             "the image store of 24 images at 48 x 48 px needs")
     assert not (tmp_path / "run").exists() and not list((data / "cache").glob("images-*"))
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A real 1 MiB tmpfs at tmp_path/full: skips where mounting is not permitted."""
-    folder = tmp_path / "full"
-    folder.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True,
-                              text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"cannot mount a tmpfs: {e}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    yield folder
-    subprocess.run(["umount", str(folder)], capture_output=True, timeout=30)
 
 
 def test_a_full_disk_is_an_os_error_when_the_store_is_reserved_not_a_sigbus(small_tmpfs):
