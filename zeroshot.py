@@ -273,8 +273,8 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
         ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
     classifier = zs.classifier(classnames, template_list, device, teacher=teacher)  # (C, D)
     loader = torch.utils.data.DataLoader(eval_data.SkipBroken(ds), batch_size=batch_size, shuffle=False,
-                                         num_workers=workers, collate_fn=eval_data.collate_skipping,
-                                         pin_memory=device.type == "cuda")
+                                         num_workers=min(workers, common.available_cpus()),  # more only compete
+                                         collate_fn=eval_data.collate_skipping, pin_memory=device.type == "cuda")
     t0 = time.time()
     logits, labels, broken = predict(zs.encoder, loader, classifier, device, amp=amp, progress=progress)
     seconds = time.time() - t0

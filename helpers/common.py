@@ -186,6 +186,12 @@ def fingerprint(obj, n=16):
 # ----------------------------------------------------------------------------------------------
 # devices and torchrun
 
+def available_cpus():
+    """The CPUs this process may run on (a container's or taskset's limit), not the machine's count: more loader
+    processes than these only compete for them (and torch warns about it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def pick_device(name="auto"):
     """'auto' -> cuda if available, else mps, else cpu. Anything else is passed to torch.device."""
     if name == "auto":

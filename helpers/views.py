@@ -168,11 +168,6 @@ def open_store(root, paths, store_size, workers, dist, folder):
     return record, store, key
 
 
-def available_cpus():
-    """The CPUs this process may run on (a container's or taskset's limit), not the machine's count."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def check_free_space(folder, nbytes, what):
     """Refuse before writing when the file system of `folder` (or its nearest existing parent) has less free space
     than `nbytes`, with what would not fit."""
@@ -219,7 +214,7 @@ def build_store(root, paths, store_size, workers, record_path, store_path):
     tmp = store_path.with_name(f".{store_path.name}.{os.getpid()}.tmp")
     # more decode processes than CPUs only compete for them (and torch warns about it)
     loader = torch.utils.data.DataLoader(DecodeForStore(root, [paths[i] for i in good], resolution), batch_size=None,
-                                         num_workers=min(workers, available_cpus()))
+                                         num_workers=min(workers, common.available_cpus()))
     try:
         reserve(tmp, math.prod(shape))  # a full disk is an OSError here, not a SIGBUS from the memory map later
         store = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)
