@@ -147,7 +147,7 @@ def test_a_decompression_bomb_is_skipped_and_named(data, tmp_path):
     assert image is None and "decompression bomb" in reason
 
 
-@pytest.mark.parametrize("content, expect", [([1, 2], "lacks model"), ({"model": {}}, "lacks optimizer")])
+@pytest.mark.parametrize("content, expect", [([1, 2], "lacks state_dict"), ({"model": {}}, "lacks optimizer")])
 def test_a_damaged_last_pt_is_one_line(content, expect, tiny_teacher, data, tmp_path, capsys):
     run = tmp_path / "run"
     distill.main(run_args(data, tiny_teacher, run, steps=3))
