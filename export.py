@@ -1,4 +1,5 @@
-"""Export a distilled student as an open_clip model, loadable anywhere open_clip loads.
+"""Export a distilled student as an open_clip model, loadable anywhere open_clip loads, or as an ONNX zero-shot
+classifier (`export.py onnx RUN`, fp32 and int8) that needs only numpy, Pillow and onnxruntime.
 
 A distill.py student is a timm encoder + nn.Linear(features, embed_dim) into the teacher's embedding
 space. open_clip expresses exactly that as a "timm image tower" (model config `vision_cfg.timm_model_name`,
@@ -21,6 +22,14 @@ Then, anywhere open_clip is installed (no code from this repo needed):
   model, _, preprocess = open_clip.create_model_and_transforms("local-dir:runs/pets_l2/open_clip")
   tokenizer = open_clip.get_tokenizer("local-dir:runs/pets_l2/open_clip")
   python zeroshot.py --model local-dir:runs/pets_l2/open_clip --dataset pets
+
+The ONNX classifier (a sub-command: it needs no teacher text tower and takes students open_clip cannot express;
+helpers/onnx_export.py says what the graph computes and why its input is uint8):
+  python export.py onnx runs/pets_l2 --int8         # writes runs/pets_l2/onnx/: classifier.onnx, classifier.int8.onnx,
+                                                    # preprocess.json, classes.json, onnx.json (checks, sizes)
+  python zeroshot.py --model runs/pets_l2/onnx/classifier.onnx --dataset pets
+It is checked with onnxruntime against the PyTorch student on the run's own images before it is moved into
+place (docs/export.md); int8 is kept only if its top-1 agrees with fp32 on --min-agreement of held-out images.
 """
 import contextlib
 import copy
@@ -39,7 +48,7 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
-from helpers import common, models, run_lock
+from helpers import common, models, onnx_export, run_lock
 from helpers.common import UserError, require
 
 # float32 keeps the teacher's text embeddings bit for bit (the zero-shot numbers of the folder equal
@@ -65,6 +74,16 @@ class Args:
                                                                  "the teacher's own weights unchanged)",
                                                          "choices": list(TEXT_DTYPES)})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output folder"})
+    # onnx (export.py onnx RUN): the output folder defaults to <run>/onnx
+    int8: bool = field(default=False, metadata={"help": "onnx: also write classifier.int8.onnx (static quantization)"})
+    min_agreement: float = field(default=0.99, metadata={"help": "onnx: keep int8 only if its top-1 agrees with "
+                                                                 "fp32 on this share of held-out images (ours)"})
+    images: Optional[str] = field(default=None, metadata={"help": "onnx: the run's images (default: its --data)"})
+    check_images: int = field(default=32, metadata={"help": "onnx: images the fp32 graph is checked on (ours)"})
+    calib_images: int = field(default=64, metadata={"help": "onnx: int8 calibration images (ours: a few dozen "
+                                                             "suffice for min/max calibration)"})
+    agree_images: int = field(default=256, metadata={"help": "onnx: held-out images for int8 agreement (ours: "
+                                                             "1%% of 256 is 2-3 images)"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,21 +368,58 @@ def load_its_teacher(ckpt, args, path):
     return teacher
 
 
+def export_onnx(args, path, folder):
+    """`export.py onnx RUN`: the student and its class text embeddings as one ONNX graph (helpers/onnx_export.py)."""
+    require(0 < args.min_agreement <= 1, "--min-agreement must be a share in (0, 1]")
+    require(min(args.check_images, args.calib_images, args.agree_images) > 0, "image counts must be positive")
+    student, ckpt = models.load_student(path)
+    run_args = ckpt.get("args") or {}
+    images = args.images or run_args.get("data")
+    require(images, f"{path} does not name the images it was trained on: pass --images DIR")
+    classnames, templates, text = ckpt.get("classnames"), ckpt.get("templates"), ckpt.get("class_text_emb")
+    require(classnames and templates, f"{path} holds no class names: it was not trained on a dataset's classes")
+    if text is None:  # an l2 run stores no text embeddings: its teacher's text tower builds them
+        import zeroshot
+        text = zeroshot.build_classifier(load_its_teacher(ckpt, args, path), classnames, templates)
+    meta = {"image_size": ckpt["image_size"], "mean": list(ckpt["mean"]), "std": list(ckpt["std"]),
+            "classnames": list(classnames), "templates": list(templates), "timm_name": ckpt["timm_name"],
+            "embed_dim": ckpt["embed_dim"], "teacher": ckpt.get("teacher"), "dataset": ckpt.get("dataset"),
+            "image_params": sum(p.numel() for p in student.parameters())}
+    record = onnx_export.export_classifier(student, meta, text, folder, images, args.check_images, args.int8,
+                                           args.calib_images, args.agree_images, args.min_agreement)
+    c, q = record["check"], record["int8"]
+    print(f"wrote {folder}: {ckpt['timm_name']} at {ckpt['image_size']} px -> {len(classnames)} classes, opset "
+          f"{record['opset']}; onnxruntime vs PyTorch on {c['images']} of the run's images: min cosine "
+          f"{c['min_cosine']:.7f}, max logit diff {c['max_logit_diff']:.1e}, top-1 agree {100 * c['top1_agree']:.0f}%"
+          f" | " + ", ".join(f"{k} {v:.1f} MB" for k, v in record["sizes_mb"].items()))
+    if q:
+        print(f"int8: top-1 agrees with fp32 on {100 * q['top1_agree']:.1f}% of {q['images']} held-out images "
+              f"(min cosine {q['min_cosine']:.4f}); " + ("kept" if q["kept"] else "not kept"))
+        if not q["kept"]:
+            print(f"warning: classifier.int8.onnx not kept: top-1 agreement {100 * q['top1_agree']:.1f}% is below "
+                  f"--min-agreement {100 * args.min_agreement:g}%", file=sys.stderr)
+    return record
+
+
 @common.entrypoint
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    onnx = argv[:1] == ["onnx"]  # `python export.py onnx runs/pets_l2`: the ONNX classifier
+    argv = argv[1:] if onnx else argv
     if argv and not argv[0].startswith("-"):  # `python export.py runs/pets_l2`: the run comes first
         argv = ["--run"] + argv
     args = common.parse_args(Args, argv, description=__doc__)
     path = find_student(args.run)
-    folder = Path(args.out).expanduser() if args.out else path.parent / "open_clip"
+    folder = Path(args.out).expanduser() if args.out else path.parent / ("onnx" if onnx else "open_clip")
     check_out(folder, args.overwrite)
-    student, ckpt = models.load_student(path)
-    teacher = load_its_teacher(ckpt, args, path)
     # one writer: the folder that holds the output (a run folder, by default) is locked, as distill.py locks it
     lock = run_lock.lock_run_folder(common.prepare_out_dir(folder.parent, "--out", create=False), "--out")
     try:
         run_lock.remove_stale_temps(folder.parent)  # what a killed export or run left there
+        if onnx:
+            return export_onnx(args, path, folder)
+        student, ckpt = models.load_student(path)
+        teacher = load_its_teacher(ckpt, args, path)
         return export_open_clip(student, teacher, folder, text_dtype=args.text_dtype, overwrite=args.overwrite)
     except BaseException:
         lock.release(undo=True)  # a refused export leaves no folder it created

@@ -11,6 +11,8 @@ Commands:
   python zeroshot.py --model runs/pets_l2/student.pt --dataset pets --data-root data
   # on a synth.py folder or any class_name/*.jpg folder, with CLIP_benchmark's template set
   python zeroshot.py --model runs/pets_l2/student.pt --dataset data/synth/pets --templates clip_benchmark
+  # the deployed ONNX classifier of export.py onnx (its classes are fixed: they must be the dataset's)
+  python zeroshot.py --model runs/pets_l2/onnx/classifier.onnx --dataset pets --data-root data
   # CPU smoke run on a few images
   python zeroshot.py --model local-dir:/path/to/tiny_clip --dataset pets --limit 64 --device cpu
 
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from helpers import common, domains, eval_data, models
+from helpers import common, domains, eval_data, models, onnx_export
 from helpers.common import UserError, require
 
 TEMPLATE_SETS = {"paper": domains.PAPER_TEMPLATES, "clip_benchmark": domains.CLIP_BENCHMARK_TEMPLATES}
@@ -44,8 +46,8 @@ class Args:
     Every default says whose it is: the paper's, the authors' code's, or ours (and why)."""
     # model
     model: str = field(default="ViT-B-32", metadata={
-        "help": "open_clip name, local-dir:PATH (e.g. a run's open_clip/), hf-hub:ORG/REPO, or a student.pt / last.pt "
-                "(paper: the teacher)"})
+        "help": "open_clip name, local-dir:PATH (e.g. a run's open_clip/), hf-hub:ORG/REPO, a student.pt / "
+                "last.pt, or an export.py classifier.onnx (paper: the teacher)"})
     pretrained: Optional[str] = field(default="datacomp_xl_s13b_b90k",
                                       metadata={"help": "open_clip tag or weights file (open_clip names only) "
                                                         "(paper: the teacher's)"})
@@ -147,9 +149,14 @@ class ZeroShotModel:
     name: str                 # short name for results files
     student_ckpt: Optional[dict] = None
     teacher: Optional[models.Teacher] = None
+    onnx_meta: Optional[dict] = None  # an ONNX classifier's metadata (its class names are baked into the graph)
 
     def info(self):
         """What the results table needs to know about the model: kind, architecture, size, training."""
+        if self.onnx_meta is not None:
+            m = self.onnx_meta
+            return {"kind": "student", "arch": m["timm_name"], "image_params": m["image_params"],
+                    "teacher": m["teacher"], "format": "onnx"}
         params = sum(p.numel() for p in (self.encoder.visual if hasattr(self.encoder, "visual") else
                                          self.encoder).parameters())
         if self.student_ckpt is None:
@@ -170,6 +177,8 @@ class ZeroShotModel:
     def classifier(self, classnames, templates, device, teacher=None):
         """(C, D): the student's stored text embeddings if made for exactly these prompts,
         otherwise the teacher's text encoder (loaded on demand)."""
+        if self.onnx_meta is not None:  # the graph computes its own logits: it only has to be for these classes
+            return onnx_export.graph_classes(self.onnx_meta, classnames, templates)
         ck = self.student_ckpt
         if ck is not None and ck.get("class_text_emb") is not None and ck.get("classnames") == list(classnames) \
                 and ck.get("templates") == list(templates):
@@ -188,7 +197,13 @@ class ZeroShotModel:
 
 
 def load_model(spec, pretrained=None, device="cpu"):
-    """A ZeroShotModel from an open_clip name, local-dir:PATH, or a distill.py student.pt."""
+    """A ZeroShotModel from an open_clip name, local-dir:PATH, a distill.py student.pt or an ONNX classifier."""
+    if spec.endswith(".onnx"):  # onnxruntime on the CPU; images go in as uint8, resized and cropped
+        meta, encoder = onnx_export.load_encoder(spec)
+        run = Path(spec).resolve().parent
+        name = (run.parent.name if run.name == "onnx" else run.name) + "_" + Path(spec).stem.replace(".", "_")
+        return ZeroShotModel(encoder=encoder, transform=onnx_export.uint8_transform(meta["image_size"]), name=name,
+                             onnx_meta=meta)
     if spec.endswith((".pt", ".pth", ".ckpt")) or (os.path.isfile(spec) and not spec.startswith("local-dir:")):
         student, ckpt = models.load_student(spec, device=device)
         name = Path(spec).parent.name if Path(spec).name in ("student.pt", "last.pt") else Path(spec).stem
@@ -223,6 +238,10 @@ def predict(model, loader, classifier, device, amp=True, progress=True):
             if images is None:
                 continue
             images = images.to(device, non_blocking=True)
+            if isinstance(model, onnx_export.OnnxEncoder):  # the graph's own logits, from its class matrix
+                all_logits.append(model.logits(images))  # (B, C), fp32
+                all_labels.append(labels)
+                continue
             with common.autocast(device, amp):
                 image_emb = model.encode_image(images)  # (B, D), bf16 under autocast
             emb = F.normalize(image_emb.float().cpu(), dim=-1)  # (B, D), fp32 from here on
