@@ -15,6 +15,8 @@ Commands:
   python bench.py train --device cuda --compile   # GPU: also torch.compile + channels_last
   python bench.py store                           # the image store's R: crop fidelity (PSNR) and GB per dataset
   python bench.py synth --generator PATH --quick  # synth.py vs a bare pipeline loop
+  python bench.py onnx --quick                    # CPU: the ONNX classifier, eager vs onnxruntime fp32 vs int8
+  python bench.py onnx --students efficientnet_b0 --teacher none --batches 1   # one model, batch 1: a minute
   python bench.py table results/ runs/ --plot results/headline.png   # the headline table (helpers/bench_table.py)
 """
 import contextlib
@@ -31,12 +33,12 @@ from typing import List, Optional
 
 import torch
 
-from helpers import bench_gpu, bench_table, common, domains, eval_data, models
+from helpers import bench_gpu, bench_onnx, bench_table, common, domains, eval_data, models
 from helpers.bench_timing import (TRAIN_VARIANTS, bench_store, bench_train, count_flops, environment, generate,
                           import_test_kit, markdown, measure_model, save_random_teacher, sync, time_call)
 from helpers.common import require
 
-SUBCOMMANDS = ("models", "zeroshot", "train", "store", "synth", "table", "gpu")
+SUBCOMMANDS = ("models", "zeroshot", "train", "store", "synth", "table", "gpu", "onnx")
 STUDENTS = ["tiny_vit_5m_224", "tiny_vit_11m_224", "tiny_vit_21m_224", "efficientnet_b0"]
 
 
@@ -52,6 +54,8 @@ class Args:
     teacher: str = field(default="ViT-B-32", metadata={"help": "open_clip model (random weights suffice)"})
     image_size: int = field(default=224, metadata={"help": "input resolution"})
     batch_size: int = field(default=64, metadata={"help": "batch for throughput"})
+    batches: List[int] = field(default_factory=lambda: [1, 32], metadata={"help": "onnx: batch sizes (ours: "
+                                                                                  "one image, and a server batch)"})
     # timing
     warmup: int = field(default=3, metadata={"help": "untimed calls before timing"})
     runs: int = field(default=10, metadata={"help": "timed calls; the median is reported"})
@@ -273,6 +277,9 @@ def main(argv=None):
         table, record = bench_store(args, device)
     elif command == "gpu":
         table, record = bench_gpu_check(args, device, argv)
+    elif command == "onnx":
+        require(device.type == "cpu", "bench.py onnx measures CPU inference: pass --device cpu")
+        table, record = bench_onnx.bench_onnx(args, device)
     else:
         table, record = bench_synth(args, device)
     head = f"{command} | {environment(device)}" + (" | --quick" if args.quick else "")

@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def export_graph(classifier, size, path, meta):
     classifier = classifier.eval()
     example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)  # batch 2: 1 would be specialised
     try:
-        with contextlib.redirect_stdout(io.StringIO()), quiet():  # torch.onnx prints its progress
+        with contextlib.redirect_stdout(io.StringIO()), quiet():  # torch.onnx prints its progress, warns per module
             program = torch.onnx.export(classifier, (example,), dynamo=True, input_names=[INPUT],
                                     output_names=list(OUTPUTS), dynamic_shapes=({0: torch.export.Dim("batch")},),
                                         external_data=False)
@@ -268,12 +269,14 @@ def file_mb(path):
 
 @contextlib.contextmanager
 def quiet():
-    """torch.onnx and onnxruntime.quantization log warnings per weight through the root logger: keep them off
-    stderr, where errors are one line."""
+    """torch.onnx and onnxruntime.quantization log and warn per weight or module: keep that off stderr, where
+    errors are one line."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         logging.disable(previous)
 

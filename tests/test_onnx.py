@@ -125,3 +125,24 @@ def test_bad_inputs_write_nothing(run, tmp_path, capsys, monkeypatch):
     kit.exits_with_one_line(export.main, ["onnx", str(folder), "--out", str(tmp_path / "o")], capsys,
                             "torch.onnx cannot export")
     assert sorted(os.listdir(tmp_path)) == ["x.onnx"]
+
+
+@pytest.mark.skipif(not os.environ.get("ZSD_REAL_SIZE_ONNX"), reason="real-size students: ~1.5 min of exports on 2 "
+                    "cores; run with ZSD_REAL_SIZE_ONNX=1")
+@pytest.mark.parametrize("timm_name", ["tiny_vit_11m_224", "efficientnet_b0"])
+def test_real_size_parity_on_fresh_images(timm_name, tmp_path):
+    """A ViT and a CNN student at 224 px, random weights: the exported graph vs the PyTorch eval path."""
+    torch.manual_seed(0)
+    student = models.build_student(timm_name, 512, image_size=224).eval()
+    text = F.normalize(torch.randn(37, 512), dim=-1)
+    mean, std = models.OPENAI_CLIP_MEAN, models.OPENAI_CLIP_STD
+    onnx_export.export_graph(onnx_export.Classifier(student, text, mean, std), 224, tmp_path / "c.onnx", {})
+    rng = np.random.default_rng(11)
+    pictures = [kit.random_image(rng, size=(250 + 9 * i, 230 + 13 * i), label=i) for i in range(4)]
+    x = torch.stack([models.eval_transform(224, mean, std)(p) for p in pictures])
+    with torch.no_grad():
+        emb = F.normalize(student(x), dim=-1)
+    ref = (emb.numpy(), (100 * emb @ text.t()).numpy())
+    u8 = np.stack([np.asarray(onnx_export.crop_transform(224)(p)) for p in pictures])
+    p = onnx_export.compare(ref, tuple(onnx_export.session(tmp_path / "c.onnx").run(None, {"images": u8})))
+    assert p["min_cosine"] >= 0.9999 and p["top1_agree"] == 1, p
