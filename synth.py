@@ -11,6 +11,8 @@ read. Image n of class c comes from its own seed, derived from (--seed, c, n); a
   python synth.py --dataset pets --per-class 2 --generator /tmp/tiny_sd --steps 2 --size 32 --out /tmp/synth
   # one GPU, the paper's generator (DreamShaper-7 + LCM-LoRA, 6 steps, 512 px, float16), 265 images per class
   python synth.py --dataset pets
+  # your own domain: a text file with one class name per line (or JSON, docs/domains.md) -> OUT/kitchen_tools/
+  python synth.py --dataset kitchen_tools.txt --per-class 100
   # prompts with an LLM's words per class (written once to OUT/pets/attributes.json, see helpers/llm_attributes.py)
   python synth.py --dataset pets --prompts llm --llm Qwen/Qwen2.5-1.5B-Instruct
   # several GPUs on one machine (each rank takes every world_size-th batch), or independent jobs
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from helpers import common, domains, llm_attributes, models, synth_folder
+from helpers import common, domain_file, domains, llm_attributes, models, synth_folder
 from helpers.common import UserError, require
 
 
@@ -43,18 +45,21 @@ class Args:
     """Generate a synthetic training set for one domain with a text-to-image diffusion model.
     Every default says whose it is: the paper's, the authors' code's, or ours (and why)."""
     # data
-    dataset: str = field(default="pets", metadata={"help": f"one of {', '.join(domains.DATASETS)} (ours: the "
-                                                           f"paper's first domain)"})
+    dataset: str = field(default="pets", metadata={"help": f"one of {', '.join(domains.DATASETS)}, or a domain file: "
+                                                           f"one class name per line, or JSON (ours: the paper's "
+                                                           f"first domain)"})
     per_class: int = field(default=265, metadata={"help": "images per class; a larger value than a previous run's "
                                                           "extends it (authors' code: 265, from 15 options)"})
-    prompts: str = field(default="diverse", metadata={"help": "diverse (class + location, time, pose/colour/"
-                                                              "serving/material, angle) | simple ('a photo of a {c}')"
-                                                              " | llm (diverse, with an LLM's words per class) "
-                                                              "(paper: diverse)"})
+    prompts: str = field(default="diverse", metadata={"help": "diverse (class + location, time, pose/colour/bloom/"
+                                                              "serving/material, angle; a domain file: generic or its "
+                                                              "own slots) | simple ('a photo of a {c}') | llm "
+                                                              "(diverse, with an LLM's words per class) (paper: "
+                                                              "diverse)"})
     llm: str = field(default="Qwen/Qwen2.5-1.5B-Instruct", metadata={
         "help": "--prompts llm: instruction-tuned causal LM (hub id or folder) that writes the attribute options "
                 "(ours: the authors' Llama-2-7b-chat is gated)"})
-    out: str = field(default="data/synth", metadata={"help": "images go to OUT/DATASET/ (ours)"})
+    out: str = field(default="data/synth", metadata={"help": "images go to OUT/DATASET/, a domain file's to "
+                                                             "OUT/NAME/ (ours)"})
     format: str = field(default="png", metadata={"help": "png (lossless) | jpg (quality 95, several times smaller) "
                                                          "(ours: png, lossless)"})
     save_size: Optional[int] = field(default=None, metadata={"help": "store images resized to this short side "
@@ -98,9 +103,10 @@ OTHER_DEFAULTS = dict(steps=25, guidance=7.5)  # hub ids and folders: diffusers'
 
 
 def make_prompts(dataset, classnames, per_class, mode, seed, attributes=None):
-    """prompts[c][n] for every class c and image n.
+    """prompts[c][n] for every class c and image n; dataset: a built-in name or a domain_file.Domain.
 
-    diverse: the class phrase of the paper's template plus one option of each PROMPT_SLOTS attribute. The option
+    diverse: the class phrase of the paper's template (a domain file: "a photo of a {c}" and its superclass phrase)
+    plus one option of each slot (domains.py's PROMPT_SLOTS; a domain file: GENERIC_SLOTS or its own). The option
     indices of a class run through an orthogonal array on m levels (m odd): rows (x, y, x+y+a, x+2y+b) mod m, so
     every block of m*m prompts covers each pair of options of each pair of attributes exactly once (the paper's
     pairwise-covering design, 225 prompts for 15 options), and blocks with different offsets (a, b) never repeat
@@ -110,11 +116,8 @@ def make_prompts(dataset, classnames, per_class, mode, seed, attributes=None):
     """
     if mode == "simple":
         return [[f"a photo of a {name}"] * per_class for name in classnames]
-    template = domains.PAPER_TEMPLATES[dataset][0].rstrip(".")
-    slots = domains.PROMPT_SLOTS[dataset]
-    keys = list(slots)
-    type_of = f"a type of {domains.SUPERCLASS[dataset]}"
-    order = [keys[2], keys[0], keys[1], keys[3]]  # "a photo of a Beagle, a type of pet, <pose>, <location>, ..."
+    domain = domain_file.builtin(dataset) if isinstance(dataset, str) else dataset
+    template, slots, type_of, order = domain.head, domain.slots, domain.type_of, domain.order
     m = min(len(v) for v in slots.values())
     m -= 1 - m % 2  # the array needs 2 invertible mod m
     require(per_class <= m ** 4, f"--per-class {per_class} is more than the {m ** 4} distinct diverse prompts per "
@@ -124,7 +127,8 @@ def make_prompts(dataset, classnames, per_class, mode, seed, attributes=None):
         head = template.replace("{c}", name)
         if mode == "llm":  # this class's own words; the LLM's superclass in "a type of ..."
             slots = attributes["classes"][name]
-            head = head.replace(type_of, f"a type of {slots['superclass']}")
+            word = f"a type of {slots['superclass']}"
+            head = head.replace(type_of, word) if type_of else f"{head}, {word}"
         rng = random.Random(f"{seed}/{c}/options")  # str seeds are stable across processes and Python runs
         options = [rng.sample(slots[k][:m], m) for k in order]
         rows = []
@@ -244,7 +248,8 @@ def decode_in_float32(pipe, latents):
 @common.entrypoint
 def main(argv=None):
     args = common.parse_args(Args, argv, description=__doc__)
-    for flag, allowed in (("dataset", domains.DATASETS), ("prompts", ("diverse", "simple", "llm")),
+    domain = domain_file.load_domain(args.dataset)  # a built-in dataset or the user's domain file, checked
+    for flag, allowed in (("prompts", ("diverse", "simple", "llm")),
                           ("format", ("png", "jpg")), ("dtype", ("auto", *DTYPES))):
         require(getattr(args, flag) in allowed, f"--{flag} must be {' | '.join(allowed)} (got '{getattr(args, flag)}')")
     for flag in ("per_class", "batch_size", "writers", "steps", "size", "save_size"):  # None: the default
@@ -252,14 +257,14 @@ def main(argv=None):
         require(value is None or value >= 1, f"--{flag.replace('_', '-')} must be at least 1 (got {value})")
     shard = re.fullmatch(r"(\d+)/(\d+)", args.shard)
     require(shard and int(shard[1]) < int(shard[2]), f"--shard must be i/n with 0 <= i < n (got '{args.shard}')")
-    classnames = list(domains.CLASSNAMES[args.dataset])
+    classnames = list(domain.classnames)
     gen_name, source = resolve_generator(args.generator, check_cache=not args.dry_run)
     preset = PRESETS.get(args.generator, OTHER_DEFAULTS)
     steps = args.steps or preset["steps"]
     guidance = args.guidance if args.guidance is not None else preset["guidance"]
     require(math.isfinite(guidance) and guidance >= 0, f"--guidance must be a number >= 0 (got {guidance})")
 
-    num_classes, folder = len(classnames), Path(args.out) / args.dataset
+    num_classes, folder = len(classnames), Path(args.out) / domain.name
     if not args.dry_run or args.prompts == "llm":  # an unusable --out fails now, before any model is loaded; the
         common.prepare_out_dir(args.out, create=False)  # folders are made by the first file written (synth.json),
         common.prepare_out_dir(folder, create=False)  # so a run refused before it leaves no empty folder
@@ -267,9 +272,9 @@ def main(argv=None):
     attributes = None
     if args.prompts == "llm":  # rank 0 asks the LLM once (or reuses attributes.json); other ranks wait for the file
         attributes = llm_attributes.get_attributes(
-            folder / "attributes.json", args.llm, args.dataset, classnames, args.seed,
+            folder / "attributes.json", args.llm, domain, classnames, args.seed,
             common.pick_device(args.device) if args.dry_run else dist.device, is_main=dist.is_main)
-    prompts = make_prompts(args.dataset, classnames, args.per_class, args.prompts, args.seed, attributes)
+    prompts = make_prompts(domain, classnames, args.per_class, args.prompts, args.seed, attributes)
     # Work unit = a batch of the global order i = n * num_classes + c (image-major, so a larger --per-class only
     # appends). Batch k always holds the same images and goes to part k % parts: batched kernels round differently
     # for other batch compositions, so fixed batches make shards, ranks and restarts byte-identical.
@@ -286,8 +291,12 @@ def main(argv=None):
 
     info = dict(asdict(args), steps=steps, guidance=guidance, size=args.size or preset.get("size"),
                 generator=gen_name, generator_source=source, classnames=classnames,
-                template=domains.PAPER_TEMPLATES[args.dataset][0],
-                vocabulary={"diverse": domains.PROMPT_SLOTS[args.dataset], "simple": None,
+                # a domain file: "dataset" is null (no built-in test split); "domain" (its name), "classnames" and
+                # "templates" are all distill.py and zeroshot.py need to know of it
+                dataset=domain.name if domain.builtin else None, domain=None if domain.builtin else domain.name,
+                templates=None if domain.builtin else list(domain.templates),
+                template=domain.templates[0] if domain.builtin else domain.head,
+                vocabulary={"diverse": domain.slots, "simple": None,
                             "llm": attributes and attributes["classes"]}[args.prompts], version=1)
     synth_folder.check_folder(folder, info, skip=() if info["size"] else ("size",))  # before the slow load
     pipe, dtype = (load_generator(source, dist.device) if args.dtype == "auto"  # its default: float16 on CUDA only
@@ -317,7 +326,7 @@ def main(argv=None):
         manifest_fd = os.open(folder / "manifest.jsonl", os.O_WRONLY | os.O_APPEND)
     done = scan()
     todo = sum(item not in done for item in mine)
-    print(f"synth: {args.dataset} {num_classes} classes x {args.per_class} | {gen_name} | {steps} steps, guidance "
+    print(f"synth: {domain.name} {num_classes} classes x {args.per_class} | {gen_name} | {steps} steps, guidance "
           f"{guidance}, {size} px | {dist.device} {str(dtype)[6:]} | part {part}/{parts}: {todo} to make, "
           f"{len(mine) - todo} on disk")
 

@@ -13,6 +13,8 @@ Commands:
   python zeroshot.py --model runs/pets_l2/student.pt --dataset data/synth/pets --templates clip_benchmark
   # the deployed ONNX classifier of export.py onnx (its classes are fixed: they must be the dataset's)
   python zeroshot.py --model runs/pets_l2/onnx/classifier.onnx --dataset pets --data-root data
+  # your own labelled photos (whisk/*.jpg, ladle/*.jpg, ...) as the classes of your domain file (docs/domains.md)
+  python zeroshot.py --model local-dir:runs/kitchen_l2/open_clip --dataset my_photos --domain kitchen_tools.txt
   # CPU smoke run on a few images
   python zeroshot.py --model local-dir:/path/to/tiny_clip --dataset pets --limit 64 --device cpu
 
@@ -33,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from helpers import common, domains, eval_data, models, onnx_export
+from helpers import common, domain_file, domains, eval_data, models, onnx_export
 from helpers.common import UserError, require
 
 TEMPLATE_SETS = {"paper": domains.PAPER_TEMPLATES, "clip_benchmark": domains.CLIP_BENCHMARK_TEMPLATES}
-GENERIC_TEMPLATES = ["a photo of a {c}."]  # for folders that name no known dataset
+GENERIC_TEMPLATES = domain_file.DEFAULT_TEMPLATES  # for folders that name no known dataset
 
 
 @dataclass
@@ -61,6 +63,13 @@ class Args:
     download: bool = field(default=False, metadata={"help": "let torchvision download the dataset (ours: only "
                                                             "when asked)"})
     limit: Optional[int] = field(default=None, metadata={"help": "evaluate only the first N images (ours: all)"})
+    domain: Optional[str] = field(default=None, metadata={
+        "help": "a domain file (or a built-in dataset's name) whose classes a class_name/*.jpg --dataset folder holds:"
+                " folders are matched to its class names (case, _ and spaces do not count), prompts are its templates"
+                " (ours: none)"})
+    allow_subset: bool = field(default=False, metadata={
+        "help": "--domain: a folder may lack some of the domain's classes (all of them stay in the classifier; the "
+                "result lists the missing ones) (ours: off, a missing class is an error)"})
     # system (ours: where and how fast it runs; amp aside, not what it measures)
     batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
     workers: int = field(default=4, metadata={"help": "data loader processes"})
@@ -74,13 +83,17 @@ class Args:
 # ----------------------------------------------------------------------------------------------
 # class names and prompts
 
-def resolve_classes(dataset, templates="paper"):
+def resolve_classes(dataset, templates="paper", domain=None):
     """(classnames, template list) for a helpers/domains.py dataset name or an image folder.
 
-    A synth.py folder names its dataset and classes in synth.json; a plain class_name/*.jpg folder
-    gets its sorted subfolder names (underscores read as spaces) and a generic template.
+    A synth.py folder names its dataset (or its domain's templates) and classes in synth.json; a plain
+    class_name/*.jpg folder gets its sorted subfolder names (underscores read as spaces) and a generic template,
+    or, with a domain_file.Domain, that domain's classes and templates.
     """
     require(templates in TEMPLATE_SETS, f"unknown template set '{templates}': use {' or '.join(TEMPLATE_SETS)}")
+    if domain is not None:
+        return list(domain.classnames), list(TEMPLATE_SETS[templates][domain.name] if domain.builtin else
+                                             domain.templates)
     if not eval_data.is_folder_dataset(dataset):
         return list(domains.CLASSNAMES[dataset]), list(TEMPLATE_SETS[templates][dataset])
     folder = eval_data.check_folder(dataset)
@@ -276,18 +289,22 @@ def compute_metrics(logits, labels):
 
 def evaluate(model, dataset, data_root="data", split="test", templates="paper", pretrained=None, batch_size=256,
              workers=4, device="cpu", amp=True, download=False, limit=None, subset=None, teacher=None,
-             progress=True):
+             progress=True, domain=None, allow_subset=False):
     """Zero-shot evaluation; returns the results dict (CLIP_benchmark key names) without writing it.
 
     model: open_clip name, local-dir:PATH or student.pt path (or a ZeroShotModel); dataset: a
     helpers/domains.py name or a folder; subset: relative paths of a synth.py folder to keep; teacher: a
-    loaded models.Teacher to encode prompts with (saves reloading it).
+    loaded models.Teacher to encode prompts with (saves reloading it); domain: a domain_file.Domain whose classes
+    the class_name/*.jpg folder `dataset` holds (all of them, or some with allow_subset).
     """
     device = torch.device(device) if not isinstance(device, torch.device) else device
     zs = model if isinstance(model, ZeroShotModel) else load_model(model, pretrained, device)
     zs.encoder.to(device).eval()
-    classnames, template_list = resolve_classes(dataset, templates)
-    ds = eval_data.build_dataset(dataset, data_root, split, zs.transform, download=download, subset=subset)
+    classnames, template_list = resolve_classes(dataset, templates, domain)
+    class_index = domain and domain_file.match_folders(common.class_folders(eval_data.check_folder(dataset)),
+                                                       domain, allow_subset)  # folder name -> class index
+    ds = eval_data.build_dataset(dataset, data_root, split, zs.transform, download=download, subset=subset,
+                                 class_index=class_index)
     if limit is not None:
         ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
     classifier = zs.classifier(classnames, template_list, device, teacher=teacher)  # (C, D)
@@ -310,7 +327,12 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
         source = "real"
     else:
         source = "synthetic" if (Path(dataset) / "manifest.jsonl").is_file() else "folder"
-    return {"dataset": Path(dataset).name if eval_data.is_folder_dataset(dataset) else dataset, "model": zs.name,
+    synth_json = Path(dataset) / "synth.json"  # a synth.py folder of a domain file names its domain
+    info = common.read_json(synth_json, "synth.json") if source == "synthetic" and synth_json.is_file() else {}
+    missing = sorted(set(range(len(classnames))) - set(class_index.values())) if class_index else []
+    name = domain.name if domain else Path(dataset).name if eval_data.is_folder_dataset(dataset) else dataset
+    return {"dataset": name, "model": zs.name, "domain": domain.name if domain else info.get("domain"),
+            "missing_classes": [classnames[i] for i in missing] or None,  # --allow-subset: the classes not evaluated
             "templates": templates, "n": len(labels), "metrics": compute_metrics(logits, labels),
             "source": source, "split": split if source == "real" else None, "skipped": len(broken),
             "num_classes": len(classnames), "model_info": zs.info(),
@@ -340,17 +362,25 @@ def main(argv=None):
     require(args.limit is None or args.limit > 0, "--limit must be positive")
     require(not eval_data.is_folder_dataset(args.dataset) or Path(args.dataset).exists(),
             f"unknown dataset '{args.dataset}': use one of {', '.join(domains.DATASETS)} or an image folder")
+    domain = None
+    if args.domain:  # checked before any model loads; the folder's names are matched to it in evaluate()
+        kind = "a built-in dataset" if args.dataset in domains.DATASETS else "a synth.py folder: it knows its classes"
+        require(eval_data.is_folder_dataset(args.dataset) and not (Path(args.dataset) / "manifest.jsonl").exists(),
+                f"--domain goes with a class_name/*.jpg folder as --dataset ({args.dataset} is {kind})")
+        domain = domain_file.load_domain(args.domain, "--domain")
+    require(not args.allow_subset or domain, "--allow-subset goes with --domain")
     device = common.pick_device(args.device)
     # a result that cannot be written fails now, not after the evaluation
     out = check_out(Path(args.out), args.overwrite) if args.out else None
     zs = load_model(args.model, args.pretrained, device)
     # a folder named like a dataset (data/synth/pets) is not its real test split: its results get another name
     data_name = f"{Path(args.dataset).name}_folder" if eval_data.is_folder_dataset(args.dataset) else args.dataset
+    data_name = domain.name if domain else data_name  # your photos of a domain: its name
     out = out or check_out(Path(f"results/{zs.name}_{data_name}.json"), args.overwrite)
     print(f"zero-shot | model {zs.name} | dataset {args.dataset} | templates {args.templates} | device {device}")
     result = evaluate(zs, args.dataset, data_root=args.data_root, split=args.split, templates=args.templates,
                       batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
-                      download=args.download, limit=args.limit)
+                      download=args.download, limit=args.limit, domain=domain, allow_subset=args.allow_subset)
     save_result(result, out)
     m = result["metrics"]
     print(f"{result['dataset']} | {zs.name} | n {result['n']} | acc1 {100 * m['acc1']:.2f} | "

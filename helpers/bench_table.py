@@ -9,6 +9,8 @@ the published row it reproduces, in the metric and with the prompt templates tha
     the others, with CLIP_benchmark's template sets (zeroshot.py --templates clip_benchmark --no-amp).
 
 A result made with other templates than its published row's is shown but not compared (the cell says why).
+A result on the user's own labelled photos of a domain file (zeroshot.py --domain) gets a column of its own, named
+after the domain, beside the six: top-1 and mean per-class recall, compared with nothing.
 """
 from pathlib import Path
 
@@ -87,7 +89,7 @@ def row_key(r):
     info = r.get("model_info") or {}
     key = f"{r['model']} ({info.get('arch')}, {info.get('loss') or '?'})" if info.get("kind") == "student" \
         else r["model"]
-    if r["templates"] != PUBLISHED[reference(r)]["templates"]:
+    if r["templates"] != PUBLISHED[reference(r)]["templates"] and not is_domain_result(r):
         key += f", {r['templates']} templates"
     return key + (f", {r['precision']}" if r.get("precision", "fp32") != "fp32" else "")
 
@@ -95,13 +97,20 @@ def row_key(r):
 # ----------------------------------------------------------------------------------------------
 # the table
 
+def is_domain_result(r):
+    """A result on the user's own labelled photos of a domain file's classes (zeroshot.py --domain)."""
+    return bool(r.get("domain")) and r.get("source") == "folder"
+
+
 def build_table(results):
-    """rows: key -> {"reference", "params_m", "real": {dataset: cell dict}, "synthetic": {dataset: top-1 %}}."""
+    """rows: key -> {"reference", "params_m", "real": {dataset: cell dict}, "synthetic": {dataset: top-1 %},
+    "domains": {domain name: cell dict}}."""
     rows = {}
     for r in results:
         ref_name = reference(r)
         ref = PUBLISHED[ref_name]
-        row = rows.setdefault(row_key(r), {"reference": ref_name, "params_m": None, "real": {}, "synthetic": {}})
+        row = rows.setdefault(row_key(r), {"reference": ref_name, "params_m": None, "real": {}, "synthetic": {},
+                                           "domains": {}})
         info = r.get("model_info") or {}
         if info.get("image_params"):
             row["params_m"] = info["image_params"] / 1e6
@@ -115,6 +124,10 @@ def build_table(results):
             if r["templates"] == ref["templates"]:
                 cell["diff"] = cell["value"] - ref["values"][d]
             row["real"][d] = cell
+        elif is_domain_result(r):
+            row["domains"][r["domain"]] = {"top1": 100 * m["acc1"], "mpcr": 100 * m["mean_per_class_recall"],
+                                           "missing": len(r.get("missing_classes") or []),
+                                           "classes": r.get("num_classes"), "file": r["_file"]}
         elif r.get("source") == "synthetic":
             row["synthetic"][d] = 100 * m["acc1"]
     return rows
@@ -133,11 +146,13 @@ def table(paths, plot_path=None):
     results = load_results(paths)
     require(results, f"no zeroshot result JSON found under {' '.join(paths) or '(no paths given)'}")
     rows = build_table(results)
-    header = ["model", "params", "compared with"] + TABLE_ORDER + ["synthetic top-1 (minus real top-1)"]
+    own = sorted({d for row in rows.values() for d in row["domains"]})  # the user's domains, by name
+    header = ["model", "params", "compared with"] + TABLE_ORDER + own + ["synthetic top-1 (minus real top-1)"]
     out = []
     for key, row in rows.items():
         cells = [key, "" if row["params_m"] is None else f"{row['params_m']:.2f}M", row["reference"]]
         cells += [format_cell(row["real"][d]) if d in row["real"] else "" for d in TABLE_ORDER]
+        cells += [format_domain_cell(row["domains"][d]) if d in row["domains"] else "" for d in own]
         gaps = []
         for d, s in row["synthetic"].items():
             real = row["real"].get(d)
@@ -145,13 +160,15 @@ def table(paths, plot_path=None):
         out.append(cells + ["; ".join(gaps)])
     for name, ref in PUBLISHED.items():
         out.append([name, "" if ref["params_m"] is None else f"{ref['params_m']:.2f}M", "(published)"]
-                   + [f"{ref['values'][d]:.2f} {SHORT[ref['metric'][d]]}" for d in TABLE_ORDER] + [""])
+                   + [f"{ref['values'][d]:.2f} {SHORT[ref['metric'][d]]}" for d in TABLE_ORDER] + [""] * len(own)
+                   + [""])
     note = ("Each cell: the value in the metric of the published row it is compared with (top-1 for students on "
             "every dataset, as the authors' code reports; DataComp's mean per-class recall (mpcr) for Pets, Flowers "
             "and Aircraft and top-1 otherwise for the teacher), the difference to that row, then the other metric. "
             "Students compare with `--templates paper` results, the teacher with `--templates clip_benchmark "
             "--no-amp` ones; other templates are shown, not compared. Synthetic: held-out synthetic top-1 (minus "
-            "real top-1).")
+            "real top-1).") + (f" {', '.join(own)}: your own labelled photos (zeroshot.py --domain), top-1 and mpcr, "
+                               f"compared with nothing." if own else "")
     if plot_path:
         plot(rows, plot_path)
     return markdown(header, out) + "\n\n" + note, {"rows": rows, "plot": plot_path}
@@ -169,6 +186,12 @@ def target_table():
                                                                          else "") for d in TABLE_ORDER]
              for label, key, decimals in rows]  # *: mean per-class recall, DataComp's metric there; else top-1
     return markdown(["zero-shot %, real test sets"] + [names[d] for d in TABLE_ORDER], cells)
+
+
+def format_domain_cell(c):
+    """'75.00 top-1, mpcr 70.00' on the user's photos of a domain; '(3 of 4 classes)' when some had no folder."""
+    some = f" ({c['classes'] - c['missing']} of {c['classes']} classes)" if c["missing"] else ""
+    return f"{c['top1']:.2f} top-1, mpcr {c['mpcr']:.2f}{some}"
 
 
 def plot(rows, path):

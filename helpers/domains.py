@@ -190,7 +190,9 @@ SUPERCLASS = {
 
 # Prompt-slot vocabulary (the paper's attributes: location, time of day, a domain slot, camera angle).
 # Written for this repo as fixed domain-level lists of 15 options each, instead of per-class LLM output;
-# the domain slot is pose (pets), colour (flowers, cars, aircraft), serving (food) or material (textures).
+# the domain slot is pose (pets), colour (cars, aircraft: any model comes in any paint), bloom (flowers: stage,
+# number and arrangement of blooms; a colour slot would contradict species named by their colour, "a pink
+# primrose ... in deep purple"), serving (food) or material (textures).
 PROMPT_SLOTS = {
     "pets": {
         "location": [
@@ -226,10 +228,12 @@ PROMPT_SLOTS = {
             "after the rain", "in early summer", "in late summer", "in autumn", "in bright daylight",
             "in soft evening light", "under an overcast sky", "on a breezy day",
         ],
-        "colour": [
-            "in vivid red", "in soft pink", "in pure white", "in bright yellow", "in deep purple", "in pale lavender",
-            "in rich orange", "in cream and white", "in bright magenta", "in deep crimson", "in pastel peach",
-            "in violet and blue", "in coral pink", "with yellow centers", "in red and yellow",
+        "bloom": [
+            "in full bloom", "just beginning to open", "as a tight bud", "with dew drops on the petals",
+            "a single bloom on its stem", "a pair of blooms", "a small cluster of blooms", "in a dense clump",
+            "in a hand-tied bouquet", "with buds and open flowers together", "among its own leaves",
+            "with a bee visiting it", "with a few fallen petals", "on a long slender stem",
+            "growing in a large patch",
         ],
         "angle": [
             "seen from above", "seen from the side", "seen from below", "close-up macro shot",
@@ -332,4 +336,33 @@ PROMPT_SLOTS = {
             "shallow depth of field",
         ],
     },
+}
+
+# The slots of a user's own domain (a domain file without "slots"), in prompt order: words that fit any object
+# and change the picture, never the class. No colour, size, material or state words: "a red fox ... in blue" or
+# "a wooden spoon ... made of metal" would contradict a class named by them; no animal poses or food servings.
+GENERIC_SLOTS = {
+    "setting": [
+        "on a wooden table", "on a shelf", "on the floor", "outdoors on the grass", "in a living room",
+        "in a workshop", "in a kitchen", "on a desk", "in a shop display", "in a backyard", "in an office",
+        "on a stone surface", "in a garage", "on a windowsill", "at a market stall",
+    ],
+    "lighting": [
+        "in natural daylight", "in soft window light", "under studio lighting", "in warm evening light",
+        "on an overcast day", "in bright sunlight", "in dim indoor light", "under fluorescent light",
+        "with soft shadows", "with hard shadows", "in the morning", "in the afternoon", "at dusk",
+        "under a desk lamp", "in even diffuse light",
+    ],
+    "photo": [
+        "a casual snapshot", "a product photo", "a documentary photo", "a high-resolution photo",
+        "taken with a phone camera", "a professional photograph", "a candid photo", "an amateur photo",
+        "a catalogue photo", "a sharp detailed photo", "a photo with film grain", "a magazine photo",
+        "a photo with natural colours", "a slightly blurry photo", "a well-lit photo",
+    ],
+    "angle": [
+        "seen from above", "seen from the side", "seen from the front", "three-quarter view", "close-up shot",
+        "wide shot", "from a low angle", "from a high angle", "at eye level", "centered in the frame",
+        "off-center composition", "shallow depth of field", "in sharp focus", "with a blurred background",
+        "filling the frame",
+    ],
 }

@@ -65,9 +65,10 @@ def image_paths(ds):
     return None
 
 
-def build_dataset(dataset, data_root, split, transform, download=False, subset=None, fetch=None):
+def build_dataset(dataset, data_root, split, transform, download=False, subset=None, fetch=None, class_index=None):
     """A torch Dataset of (image tensor, label) for a helpers/domains.py name or a folder. fetch: what the error
-    line of a missing or incomplete torchvision dataset tells the user to do (default: zeroshot.py's flags)."""
+    line of a missing or incomplete torchvision dataset tells the user to do (default: zeroshot.py's flags);
+    class_index: a class_name/*.jpg folder's {folder name: label} (default: the sorted folders' positions)."""
     if is_folder_dataset(dataset):
         folder = check_folder(dataset)
         if (folder / "manifest.jsonl").is_file():
@@ -77,9 +78,8 @@ def build_dataset(dataset, data_root, split, transform, download=False, subset=N
                 items = [it for it in items if it[0] in keep]
             samples = [(str(folder / p), y) for p, y in items]
         else:
-            classes = common.class_folders(folder)
-            samples = [(str(folder / c / p), y) for y, c in enumerate(classes)
-                       for p in common.list_images(folder / c)]
+            classes = class_index or {c: y for y, c in enumerate(common.class_folders(folder))}
+            samples = [(str(folder / c / p), y) for c, y in classes.items() for p in common.list_images(folder / c)]
         require(samples, f"{folder} holds no images (expected class_name/*.jpg folders or a synth.py manifest)")
         return FileList(samples, transform)
     import torchvision.datasets as tvd

@@ -19,7 +19,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from helpers import common, domains, models
+from helpers import common, domain_file, models
 from helpers.common import UserError, require
 
 LLM_RETRIES = 3      # attempts per (class, attribute) before falling back to helpers/domains.py's words
@@ -31,6 +31,10 @@ SLOT_QUESTIONS = {   # what each attribute asks for; {x} = "a <class name>, a ty
     "time": "times of day, seasons or lighting conditions for a photo of {x}",
     "pose": "poses or activities of {x} that a photo could show",
     "colour": "colours or colour combinations that {x} can have",
+    "bloom": "stages of bloom, numbers or arrangements of blooms of {x} that a photo could show",
+    "setting": "surroundings in which a photo of {x} could be taken",
+    "lighting": "lighting conditions or times of day for a photo of {x}",
+    "photo": "kinds of photograph (snapshot, product photo, ...) that could show {x}",
     "serving": "ways {x} can be served or presented on a table",
     "material": "objects or surfaces on which {x} texture can appear",
     "angle": "camera angles or shot types for a photo of {x}",
@@ -102,14 +106,25 @@ def answer_seed(seed, c, question):
     return int(common.fingerprint([seed, c, question], 15), 16)
 
 
+def as_domain(dataset):
+    """A built-in dataset's name or a domain_file.Domain, as a Domain."""
+    return domain_file.builtin(dataset) if isinstance(dataset, str) else dataset
+
+
+def question_about(slot):
+    """What to ask for a slot; a domain file's own slot names are asked for as they are named."""
+    return SLOT_QUESTIONS.get(slot, f"options of '{slot.replace('_', ' ')}' for a photo of {{x}}")
+
+
 def write_attributes(path, llm, dataset, classnames, seed, device):
     """Ask the LLM for every class's superclass and attribute options, save attributes.json, return it."""
-    slots = list(domains.PROMPT_SLOTS[dataset])
-    n = len(domains.PROMPT_SLOTS[dataset][slots[0]])  # as many options as the built-in lists (15)
+    domain = as_domain(dataset)
+    slots = list(domain.slots)
+    n = len(domain.slots[slots[0]])  # as many options as the built-in lists (15)
     tokenizer, model = load_llm(llm, device)
     classes, fallback = {}, {}
     for c, name in enumerate(tqdm(classnames, desc="LLM attributes", unit="class")):
-        x = f"a {name}, a type of {domains.SUPERCLASS[dataset]}"
+        x = domain.describe(name)
         entry = {"superclass": None}
         for attempt in range(LLM_RETRIES):
             entry["superclass"] = parse_word(ask_llm(
@@ -117,18 +132,18 @@ def write_attributes(path, llm, dataset, classnames, seed, device):
                 seed=answer_seed(seed, c, f"superclass/{attempt}"), max_new_tokens=8))
             if entry["superclass"]:
                 break
-        entry["superclass"] = entry["superclass"] or domains.SUPERCLASS[dataset]
+        entry["superclass"] = entry["superclass"] or domain.superclass_word or "object"
         for slot in slots:
             options = None
             for attempt in range(LLM_RETRIES):
-                question = (f"List {n} different {SLOT_QUESTIONS[slot].format(x=x)}. Answer with a numbered list "
+                question = (f"List {n} different {question_about(slot).format(x=x)}. Answer with a numbered list "
                             f"only: one short phrase of at most {LLM_MAX_WORDS} words per line, no explanations.")
                 options = parse_options(ask_llm(tokenizer, model, question, answer_seed(seed, c, f"{slot}/{attempt}")),
                                         n)
                 if options:
                     break
             if options is None:
-                options = list(domains.PROMPT_SLOTS[dataset][slot])
+                options = list(domain.slots[slot])
                 fallback.setdefault(name, []).append(slot)
             entry[slot] = options
         classes[name] = entry
@@ -149,14 +164,15 @@ def read_attributes(path, llm, dataset, classnames, seed):
             and list(attributes["classes"]) == list(classnames),
             f"{path} was written by {attributes['llm']} (seed {attributes['seed']}) for other settings; use another "
             f"--out, or delete it to ask {llm} again")
-    needed = min(len(v) for v in domains.PROMPT_SLOTS[dataset].values())  # what make_prompts draws from
+    slots = as_domain(dataset).slots
+    needed = min(len(v) for v in slots.values())  # what make_prompts draws from
     for name, entry in attributes["classes"].items():
         ok = isinstance(entry, dict) and isinstance(entry.get("superclass"), str) and all(
             isinstance(entry.get(slot), list) and len(entry[slot]) >= needed and all(isinstance(o, str)
                                                                                     for o in entry[slot])
-            for slot in domains.PROMPT_SLOTS[dataset])
+            for slot in slots)
         require(ok, f"{path}: class {name!r} lacks a superclass word or {needed} options for each of "
-                    f"{', '.join(domains.PROMPT_SLOTS[dataset])}; it was edited: delete it to ask {llm} again")
+                    f"{', '.join(slots)}; it was edited: delete it to ask {llm} again")
     return attributes
 
 
