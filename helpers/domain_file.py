@@ -67,8 +67,8 @@ def load_domain(spec, flag="--dataset"):
         require(not path.exists(), f"{flag} {spec} names both a built-in dataset and a file here: pass ./{spec} for "
                                    f"the file, or run from another folder for the dataset")
         return builtin(spec)
-    require(path.exists(), f"{flag} must be {' | '.join(domains.DATASETS)} or a domain file (got '{spec}', "
-                           f"which is neither)")
+    require(path.exists(), f"{flag} must be {' | '.join(domains.DATASETS)} (got '{spec}': no such dataset, and no "
+                           f"such domain file)")
     require(path.is_file(), f"{flag} {spec} is a folder: pass a domain file (one class name per line, or JSON)")
     return read_domain_file(path)
 
