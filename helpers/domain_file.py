@@ -106,7 +106,7 @@ def from_json(path, obj):
         name, names = clip_benchmark_entry(path, obj, None, "class names")
         return make_domain(path, name, names, DEFAULT_TEMPLATES)
     unknown = [k for k in obj if k not in KEYS]
-    require(not unknown, f"domain file {path}: unknown key {unknown[0]!r} (keys: {', '.join(KEYS)})")
+    require(not unknown, f"domain file {path}: unknown key {unknown[:1]} (keys: {', '.join(KEYS)})")
     name = obj.get("name", path.stem)
     require(isinstance(name, str), f"domain file {path}: \"name\" must be a string, not {type(name).__name__}")
     classnames, templates = obj["classnames"], obj.get("templates", DEFAULT_TEMPLATES)
@@ -182,7 +182,7 @@ def check_slots(where, slots):
         isinstance(v, list) and all(isinstance(o, str) and o.strip() for o in v) for v in slots.values()),
         f"{where}: \"slots\" must map slot names to lists of words, e.g. {{\"setting\": [\"on a desk\", ...]}}")
     short = [k for k, v in slots.items() if len(set(v)) < MIN_OPTIONS]
-    require(not short, f"{where}: slot {short[0]!r} needs at least {MIN_OPTIONS} different options")
+    require(not short, f"{where}: slot {', '.join(map(repr, short))} needs at least {MIN_OPTIONS} different options")
     if set(slots) <= set(domains.GENERIC_SLOTS):
         return {k: slots.get(k, v) for k, v in domains.GENERIC_SLOTS.items()}
     require(len(slots) == 4, f"{where}: \"slots\" needs four slots of its own ({len(slots)} given), or some of the "
