@@ -292,7 +292,8 @@ def main(argv=None):
     info = dict(asdict(args), steps=steps, guidance=guidance, size=args.size or preset.get("size"),
                 generator=gen_name, generator_source=source, classnames=classnames,
                 # a domain file: "dataset" is null (no built-in test split); "domain" (its name), "classnames" and
-                # "templates" are all distill.py and zeroshot.py need to know of it
+                # "templates" are all distill.py and zeroshot.py need to know of it (templates do not change images:
+                # a rerun with new ones only rewrites this file)
                 dataset=domain.name if domain.builtin else None, domain=None if domain.builtin else domain.name,
                 templates=None if domain.builtin else list(domain.templates),
                 template=domain.templates[0] if domain.builtin else domain.head,

@@ -200,10 +200,11 @@ def match_folders(folders, domain, allow_subset=False):
     class of the domain is an error; so is a class without a folder, unless allow_subset."""
     index = {normalise(c): i for i, c in enumerate(domain.classnames)}
     extra = [f for f in folders if normalise(f) not in index]
+    known = ", ".join(domain.classnames[:8]) + (" ..." if len(domain.classnames) > 8 else "")
     require(not extra, f"folder{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra[:8]))}"
                        f"{' ...' if len(extra) > 8 else ''} match{'' if len(extra) > 1 else 'es'} no class of domain "
-                       f"{domain.name} ({', '.join(domain.classnames[:8])}{' ...' if len(domain.classnames) > 8 else ''})"
-                       f": rename the folder{'s' if len(extra) > 1 else ''} or add the class to the domain file")
+                       f"{domain.name} ({known}): rename the folder{'s' if len(extra) > 1 else ''} or add the class to "
+                       f"the domain file")
     found = {normalise(f) for f in folders}
     require(len(found) == len(folders), f"two folders name the same class of domain {domain.name} (case, _ and "
                                         f"spaces are ignored): {', '.join(sorted(folders, key=normalise))}; merge them")

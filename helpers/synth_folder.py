@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
 
 # synth.json keys that decide the pixels or the prompts: a folder whose values differ holds a different run.
 IDENTITY = ("dataset", "classnames", "generator", "generator_source", "steps", "guidance", "size", "prompts",
-            "seed", "template", "vocabulary", "format", "save_size", "domain", "templates")
+            "seed", "template", "vocabulary", "format", "save_size", "domain")
 
 
 def check_folder(folder, info, skip=()):

@@ -49,6 +49,13 @@ def tiny_teacher(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    """A tiny random diffusers pipeline folder (tests/kit_diffusers.py), built once for every test module."""
+    import kit_diffusers
+    return kit_diffusers.make_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
 def fake_root(tmp_path_factory):
     """A data root holding fake test splits of all six torchvision datasets; labels in .labels."""
     root = tmp_path_factory.mktemp("data")

@@ -10,18 +10,12 @@ import pytest
 
 import distill
 import kit
-import kit_diffusers
 import synth
 import zeroshot
 from helpers import bench_table, domain_file, domains
 
 KITCHEN = ["whisk", "ladle", "spatula", "can opener"]
 SYNTH = ["--per-class", "2", "--steps", "2", "--size", "32", "--batch-size", "8"]
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return kit_diffusers.make_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"))
 
 
 def photos(folder, names=("Whisk", "LADLE", "spatula", "can_opener")):

@@ -31,11 +31,6 @@ BASE = ["--dataset", "pets", "--per-class", "2", "--steps", "2", "--size", "32",
 KEYS = ["path", "label", "classname", "prompt", "seed", "generator"]
 
 
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return kit_diffusers.make_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"))
-
-
 def run(tiny_sd, out, *extra):
     synth.main(BASE + ["--generator", str(tiny_sd), "--out", str(out), *extra])
     return Path(out) / "pets"
