@@ -83,10 +83,12 @@ def test_json_and_clip_benchmark_forms(tiny_sd, tiny_teacher, tmp_path):
     result = zeroshot.evaluate(tiny_teacher, str(folder), workers=0, progress=False)
     assert (result["dataset"], result["domain"], result["source"]) == ("kitchen", "kitchen", "synthetic")
 
-    out = tmp_path / "cb.json"
-    zeroshot.main(["--model", tiny_teacher, "--dataset", str(photos(tmp_path / "photos")), "--domain",
-                   str(tmp_path / "both.json"), "--workers", "0", "--out", str(out)])
-    assert json.loads(out.read_text())["domain"] == "kitchen"
+    folder = photos(tmp_path / "photos")
+    for i, name in enumerate(["cb_classnames.json", "both.json"]):  # CLIP_benchmark's files, as they are
+        out = tmp_path / f"cb{i}.json"
+        zeroshot.main(["--model", tiny_teacher, "--dataset", str(folder), "--domain", str(tmp_path / name),
+                       "--workers", "0", "--out", str(out)])
+        assert json.loads(out.read_text())["domain"] == "kitchen" and json.loads(out.read_text())["n"] == 8
 
 
 def test_llm_words_for_a_domain_file(tmp_path, monkeypatch):
@@ -168,6 +170,8 @@ def test_bad_domain_for_zeroshot_and_ambiguous_names(tiny_teacher, tmp_path, mon
     kit.exits_with_one_line(zeroshot.main, argv + ["--domain", str(tmp_path / "none.txt")], capsys,
                             "--domain must be pets | flowers")
     kit.exits_with_one_line(zeroshot.main, argv + ["--allow-subset"], capsys, "--allow-subset goes with --domain")
+    kit.exits_with_one_line(zeroshot.main, argv[:2] + ["--dataset", "pets", "--domain", "dtd", "--out", str(out)],
+                            capsys, "--domain goes with a class_name/*.jpg folder as --dataset (pets is a built-in")
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "pets", "whisk\nladle\n")  # a file named like a built-in dataset
     kit.exits_with_one_line(synth.main, ["--dataset", "pets", "--out", str(tmp_path / "o")], capsys,
