@@ -71,6 +71,9 @@ class Args:
     parts: List[str] = field(default_factory=lambda: list(bench_gpu.PARTS), metadata={
         "help": f"gpu: the parts to run ({', '.join(bench_gpu.PARTS)})"})
     overwrite: bool = field(default=False, metadata={"help": "gpu: replace an existing report in --out"})
+    deadline: float = field(default=540, metadata={
+        "help": "gpu: seconds for the whole check; parts past it are cut (ours: a host that stops a command at 10 "
+                "minutes, less a minute for start-up)"})
     # system
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
     workers: int = field(default=2, metadata={"help": "data loader processes (zeroshot, train)"})
@@ -238,6 +241,7 @@ def bench_gpu_check(args, device, argv):
                                                 f"(--device {args.device} gave {device}); pass --tiny for a CPU")
     unknown = sorted(set(args.parts) - set(bench_gpu.PARTS))
     require(not unknown, f"unknown --parts {', '.join(unknown)}: choose from {', '.join(bench_gpu.PARTS)}")
+    require(args.deadline > 0, f"--deadline must be a positive number of seconds, got {args.deadline:g}")
     out = common.prepare_out_dir(args.out, "--out")
     existing = [str(out / f) for f in ("report.md", "gpu.json") if (out / f).exists()]
     require(args.overwrite or not existing, f"{' and '.join(existing)} exist: pass --overwrite to replace them, "

@@ -4,24 +4,33 @@ H100/H200. It confirms that the GPU paths run and measures the numbers the cost 
   HF_HUB_OFFLINE=1 python bench.py gpu --out gpu_check         # one GPU, the real sizes
   python bench.py gpu --tiny --device cpu --out /tmp/gpu_tiny  # tiny models, the same code paths
 
-Parts, in this order (budget on one H100/H200 in brackets); each records its own failure (a part still running at
-twice its budget is stopped), so one failing part keeps the others' numbers; the exit code is 0 when all pass, else 1:
-  synth     [150 s] SD-1.5's UNet, VAE and text encoder built from their published configs, fp16, LCMScheduler,
-            loaded by synth.load_generator; img/s of the pipeline call synth.py makes (6 steps, 512 px; without
-            its latents hook and NaN check) at batch 8 and 16, then synth.py itself end to end on 37 Pets prompts
-  zeroshot  [ 30 s] ViT-B-32 through zeroshot.predict: img/s with the bf16-autocast tower and in fp32, their top-1
-            agreement on random images and a random classifier, and whether the logits are computed in fp32
-  distill   [180 s] ViT-B-32 teacher -> tiny_vit_11m_224 student, 224 px, batch 256, bf16: training step img/s
-            (cached, student only, --no-cache) eager, channels_last, torch.compile + channels_last; the teacher
-            cache build, the image store build and the data path (bench_timing.bench_train)
-  stage3    [ 90 s] distill.main, 200 steps of batch 256 (--tiny: 40 of 8) on a generated synth.py-format folder,
-            the ViT-B-32 random teacher saved as a local-dir folder: the loss falls and nothing is NaN
-Writes DIR/report.md, DIR/gpu.json and DIR/<part>.log (what the part printed, and the traceback of a failure).
+Parts, in this order, the cheapest and most telling first (budget on one H100/H200 in brackets; the packages each
+needs beyond torch and torchvision); each records its own failure, so one failing part keeps the others' numbers:
+  zeroshot  [ 30 s; open_clip] ViT-B-32 through zeroshot.predict: img/s with the bf16-autocast tower and in fp32,
+            their top-1 agreement on random images and a random classifier, and whether the logits are in fp32
+  student   [ 60 s; timm] tiny_vit_11m_224 training steps alone (no teacher), 224 px, batch 256, bf16, fused AdamW,
+            crops rendered by roi_align: eager and torch.compile + channels_last, the compile apart from the steps
+  stage3    [ 90 s; timm, open_clip] distill.main, 200 steps of batch 256 (--tiny: 40 of 8) on a generated
+            synth.py-format folder, the ViT-B-32 random teacher saved as a local-dir folder: the loss falls, no NaN
+  synth     [150 s; diffusers, transformers, open_clip] SD-1.5's UNet, VAE and text encoder built from their
+            published configs, fp16, LCMScheduler, loaded by synth.load_generator; img/s of the pipeline call synth.py
+            makes (6 steps, 512 px; without its latents hook and NaN check) at batch 8 and 16, then synth.py itself
+            end to end on 37 Pets prompts
+  distill   [180 s; timm, open_clip] ViT-B-32 teacher -> tiny_vit_11m_224 student, 224 px, batch 256, bf16: training
+            step img/s (cached, student only, --no-cache) eager, channels_last, torch.compile + channels_last; the
+            teacher cache build, the image store build and the data path (bench_timing.bench_train)
+A part whose package is missing is skipped (gpu.json's versions say "not installed"), the others run. One --deadline
+(default 540 s: a host that cuts a command at 10 minutes, with a minute for start-up) covers the whole check: each
+part gets at most the time left (and at most twice its budget), and a part stopped by it, or not started, is marked
+cut. DIR/report.md and DIR/gpu.json are rewritten (atomically) before and after every part, so a run killed from
+outside keeps what it measured; a non-finite number is written as null and fails its part. The exit code is 0 when
+every part passed, else 1. Also writes DIR/<part>.log (what the part printed, and the traceback of a failure).
 """
 import contextlib
 import dataclasses
 import datetime
 import gc
+import importlib
 import math
 import os
 import signal
@@ -31,18 +40,23 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 import distill
 import zeroshot
-from helpers import common, domains, models
-from helpers.bench_timing import (TRAIN_VARIANTS, bench_train, commit, device_name, generate, import_test_kit, markdown,
-                          peak_mib, save_random_teacher, sync, time_call)
+from helpers import common, domains, models, views
+from helpers.bench_timing import (TRAIN_MODES, TRAIN_VARIANTS, bench_train, commit, device_name, generate,
+                                  import_test_kit, markdown, peak_mib, save_random_teacher, sync, time_call,
+                                  time_train_step, write_smooth_pngs)
 
-PARTS = ("synth", "zeroshot", "distill", "stage3")
-BUDGET_S = {"synth": 150, "zeroshot": 30, "distill": 180, "stage3": 90}  # one H100/H200; 450 s + start-up
+PARTS = ("zeroshot", "student", "stage3", "synth", "distill")  # ours: cheapest and most telling first
+BUDGET_S = {"zeroshot": 30, "student": 60, "stage3": 90, "synth": 150, "distill": 180}  # one H100/H200: 510 s
+NEEDS = {"zeroshot": ("open_clip",), "student": ("timm",), "stage3": ("timm", "open_clip"),
+         "synth": ("diffusers", "transformers", "open_clip"), "distill": ("timm", "open_clip")}  # beyond torch(vision)
+PACKAGES = ("torchvision", "timm", "open_clip", "transformers", "huggingface_hub", "diffusers")
 LOGIT_TOLERANCE = 1e-2  # fp32 logits of the same embedding agree to ~1e-5; bf16 logits near 30 step by 0.125
 
 
@@ -203,6 +217,33 @@ def check_zeroshot(sz, ctx, numbers, problems):
                         f"the logits are not computed in fp32")
 
 
+def check_student(sz, ctx, numbers, problems):
+    """The student's training step alone: torch, torchvision (roi_align) and timm, no teacher and no open_clip."""
+    size, dim = (64, 32) if sz.tiny else (224, 512)  # the teacher's input size and embedding width
+    folder = ctx.tmp / "student_images"
+    folder.mkdir()
+    write_smooth_pngs(folder, sz.batch)
+    images = views.load_images(folder, workers=sz.workers)
+    boxes, flips = views.draw_views(images.image_sizes, 1, torch.Generator().manual_seed(0))
+    idx = torch.arange(len(images.paths))
+
+    def render():  # distill.py's crops: batched roi_align on the device
+        return views.render_views(images, idx, boxes[:, 0], flips[:, 0], size, models.OPENAI_CLIP_MEAN,
+                                  models.OPENAI_CLIP_STD, ctx.device)
+    variants = (TRAIN_VARIANTS[1], (f"torch.compile ({sz.compile_backend}) + channels_last", True,
+                                    sz.compile_backend, True))
+    for label, channels_last, backend, fused in variants:
+        steps = time_train_step(sz.student, SimpleNamespace(embed_dim=dim, image_size=size), (render, None, None, None),
+                                ctx.device, sz.warmup, sz.runs, channels_last, backend, fused, modes=TRAIN_MODES[:1])
+        rate = steps["img_per_s"][TRAIN_MODES[0]]
+        numbers[f"img/s {label} ({sz.student}, batch {sz.batch}, {size} px)"] = rate
+        numbers[f"first call s {label}"] = steps["first_call_s"][TRAIN_MODES[0]]
+        if backend:
+            numbers[f"compile s {label} (first call minus a step)"] = steps["compile_s"][TRAIN_MODES[0]]
+        if not math.isfinite(rate):
+            problems.append(f"{label}: {rate} img/s")
+
+
 def check_distill(sz, ctx, numbers, problems):
     args = dataclasses.replace(ctx.args, teacher=ctx.teacher(), students=[sz.student], student=[],
                                batch_size=sz.batch, warmup=sz.warmup, runs=sz.runs, workers=sz.workers)
@@ -216,7 +257,9 @@ def check_distill(sz, ctx, numbers, problems):
             numbers[f"img/s {variant}: {mode}"] = rate
             if not math.isfinite(rate):
                 problems.append(f"{variant} {mode}: {rate} img/s")
-        numbers[f"first step s {variant}" + (" (compiles)" if "compile" in variant else "")] = steps["first_step_s"]
+        if "compile" in variant:  # the first call of each step's graph, less a timed step: ~0 where none compiled
+            for mode, seconds in steps["compile_s"].items():
+                numbers[f"compile s {variant}: {mode} (first call minus a step)"] = seconds
     numbers[f"teacher cache build img/s (fp32{', TF32' if ctx.device.type == 'cuda' else ''})"] = \
         record["cache_build_img_per_s"]
     data_ms = record["data_path_cpu_ms_per_img"]
@@ -254,7 +297,8 @@ def check_stage3(sz, ctx, numbers, problems):
         problems.append(f"the loss did not fall: {losses[0]:.4f} -> {losses[-1]:.4f}")
 
 
-CHECKS = {"synth": check_synth, "zeroshot": check_zeroshot, "distill": check_distill, "stage3": check_stage3}
+CHECKS = {"zeroshot": check_zeroshot, "student": check_student, "stage3": check_stage3, "synth": check_synth,
+          "distill": check_distill}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,66 +330,96 @@ class PartTimeout(BaseException):
 @contextlib.contextmanager
 def time_limit(seconds):
     """Raise PartTimeout in the main thread after `seconds` (None: no limit): a part that hangs (a data loader, a
-    compile) is recorded as failed and the next part still runs."""
+    compile) is recorded as failed or cut, and the next part still runs."""
     if not seconds or not hasattr(signal, "SIGALRM"):
         yield
         return
 
     def stop(signum, frame):
-        raise PartTimeout(f"stopped after {seconds} s")
+        raise PartTimeout(f"stopped after {seconds:.3g} s")
     previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
-        signal.alarm(0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_part(name, sz, ctx):
-    """One part, its output captured in DIR/<name>.log; any failure, or running past twice its budget, is recorded,
-    never raised."""
-    numbers, problems = {}, []
+def run_part(name, sz, ctx, left=None):
+    """One part, its output captured in DIR/<name>.log; any failure, running past twice its budget or past the
+    `left` seconds of the deadline (then it is cut) is recorded, never raised. Non-finite numbers become None."""
+    numbers, problems, status = {}, [], None
+    limits = [x for x in (None if sz.tiny else 2 * BUDGET_S[name], left) if x is not None]
     t0 = time.perf_counter()
     with open(ctx.out / f"{name}.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
-            with time_limit(None if sz.tiny else 2 * BUDGET_S[name]):
+            with time_limit(min(limits, default=None)):
                 CHECKS[name](sz, ctx, numbers, problems)
         except (Exception, SystemExit, PartTimeout) as e:
             traceback.print_exc(file=log)
-            problems.append(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}")
+            if isinstance(e, PartTimeout) and left is not None and min(limits) == left:
+                status = "cut"
+                problems.append(f"cut: stopped at the --deadline, {left:.0f} s after it started")
+            else:
+                problems.append(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}")
+    for key, value in numbers.items():  # JSON has no NaN: null, and the part fails
+        if isinstance(value, float) and not math.isfinite(value):
+            numbers[key] = None
+            problems.append(f"non-finite number: {key} = {value}")
     gc.collect()
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"passed": not problems, "seconds": time.perf_counter() - t0, "budget_s": None if sz.tiny else
-            BUDGET_S[name], "problems": problems, "numbers": numbers}
+    return {"status": status or ("FAILED" if problems else "passed"), "passed": not problems,
+            "seconds": time.perf_counter() - t0, "budget_s": None if sz.tiny else BUDGET_S[name],
+            "problems": problems, "numbers": numbers}
 
 
 def versions():
-    import diffusers
-    import open_clip
-    import timm
-    import transformers
-    return {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "open_clip": open_clip.__version__, "timm": timm.__version__, "python": sys.version.split()[0]}
+    """Each package's version, or "not installed" / "not importable (...)": the parts that need it are skipped."""
+    found = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+             "cudnn": torch.backends.cudnn.version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.import_module(name).__version__
+        except ModuleNotFoundError as e:
+            found[name] = "not installed" if e.name == name else f"not importable (no module {e.name})"
+        except Exception as e:  # e.g. a version that does not fit the host's transformers
+            found[name] = f"not importable ({type(e).__name__}: {str(e).strip()[:200]})"
+    return found
 
 
 def run_check(args, device, argv):
-    """Run the chosen parts, write DIR/report.md and DIR/gpu.json; returns (report text, record)."""
+    """Run the chosen parts within args.deadline seconds, rewriting DIR/report.md and DIR/gpu.json before and after
+    each; returns (report text, record)."""
+    deadline = time.monotonic() + args.deadline
     sz = TINY if args.tiny else REAL
     if sz.tiny:
         torch.set_num_threads(1)  # tiny models run fastest on one thread, and stay fast on a busy machine
     out = Path(args.out)
+    found = versions()
     record = {"command": "python bench.py " + " ".join(argv), "date": datetime.datetime.now(
         datetime.timezone.utc).isoformat(timespec="seconds"), "device": device_name(device), "host_cpus":
-        os.cpu_count(), "commit": commit(), "versions": versions(), "sizes": dataclasses.asdict(sz), "parts": {}}
+        os.cpu_count(), "commit": commit(), "versions": found, "sizes": dataclasses.asdict(sz),
+        "deadline_s": args.deadline, "parts": {}}
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         ctx = Context(args, device, Path(tmp), out, sz)
         for name in (p for p in PARTS if p in args.parts):
-            print(f"gpu check: {name} ...", file=sys.stderr, flush=True)
-            part = record["parts"][name] = run_part(name, sz, ctx)
-            print(f"gpu check: {name} {'passed' if part['passed'] else 'FAILED'} in {part['seconds']:.0f} s"
+            missing = [f"{p} {found[p]}" for p in NEEDS[name] if found[p].startswith("not ")]
+            left = deadline - time.monotonic()
+            if missing or left < 1:
+                part = {"status": "skipped" if missing else "cut", "passed": False, "seconds": 0, "budget_s": None,
+                        "numbers": {}, "problems": [f"skipped: {m}" for m in missing] or
+                        [f"cut: not started, the --deadline of {args.deadline:g} s had passed"]}
+            else:
+                print(f"gpu check: {name} ({left:.0f} s left) ...", file=sys.stderr, flush=True)
+                record["parts"][name] = {"status": "running (if this stays, the check was stopped here)",
+                                         "passed": False, "seconds": 0, "budget_s": None, "numbers": {},
+                                         "problems": []}
+                write_report(record, out)
+                part = run_part(name, sz, ctx, left)
+            record["parts"][name] = part
+            print(f"gpu check: {name} {part['status']} in {part['seconds']:.0f} s"
                   + "".join(f"; {p}" for p in part["problems"]), file=sys.stderr, flush=True)
             record["passed"] = all(p["passed"] for p in record["parts"].values())
             report = write_report(record, out)  # after every part: a run killed from outside keeps what it measured
@@ -353,20 +427,23 @@ def run_check(args, device, argv):
 
 
 def write_report(record, out):
-    """DIR/report.md (returned) and DIR/gpu.json."""
-    v, failed = record["versions"], [n for n, p in record["parts"].items() if not p["passed"]]
+    """DIR/report.md (returned) and DIR/gpu.json, each written atomically."""
+    v = record["versions"]
+    by_status = {s: [n for n, p in record["parts"].items() if p["status"] == s] for s in ("FAILED", "skipped", "cut")}
     lines = ["# GPU check", "", f"`{record['command']}`", "",
              f"- date: {record['date']}", f"- device: {record['device']} ({record['host_cpus']} CPU cores)",
-             f"- torch {v['torch']}, CUDA {v['cuda']}, cuDNN {v['cudnn']}, diffusers {v['diffusers']}, transformers "
-             f"{v['transformers']}, open_clip {v['open_clip']}, timm {v['timm']}, Python {v['python']}",
-             f"- commit {record['commit']}; sizes: {'--tiny' if record['sizes']['tiny'] else 'real'}",
-             f"- result: {'FAILED: ' + ', '.join(failed) if failed else 'all parts passed'}"]
+             "- " + ", ".join(f"{k} {x}" for k, x in v.items()),
+             f"- commit {record['commit']}; sizes: {'--tiny' if record['sizes']['tiny'] else 'real'}; "
+             f"--deadline {record['deadline_s']:g} s for the whole check",
+             "- result: " + ("; ".join(f"{s}: {', '.join(n)}" for s, n in by_status.items() if n) or
+                             ("all parts passed" if all(p["passed"] for p in record["parts"].values()) else "running"))]
     for name, part in record["parts"].items():
         budget = f" of a {part['budget_s']} s budget" + (" (over)" if part["seconds"] > part["budget_s"] else "") \
             if part["budget_s"] else ""
-        lines += ["", f"## {name}: {'passed' if part['passed'] else 'FAILED'} ({part['seconds']:.0f} s{budget})", ""]
+        lines += ["", f"## {name}: {part['status']} ({part['seconds']:.0f} s{budget})", ""]
         lines += [f"- problem: {p} (see {name}.log)" for p in part["problems"]] + ([""] if part["problems"] else [])
-        rows = [[k, f"{x:.4g}" if isinstance(x, float) else x] for k, x in part["numbers"].items()]
+        rows = [[k, f"{x:.4g}" if isinstance(x, float) else "null" if x is None else x]
+                for k, x in part["numbers"].items()]
         lines.append(markdown(["number", "value"], rows) if rows else "(no numbers)")
     report = "\n".join(lines) + "\n"
     with common.atomic_write(out / "report.md", "w") as f:

@@ -165,21 +165,25 @@ def write_smooth_pngs(folder, n, size=512, seed=0):
 
 
 def time_train_step(student_name, teacher, batch, device, warmup, runs, channels_last=False, compile_backend=None,
-                    fused=True):
-    """Seconds of the three kinds of step (TRAIN_MODES), taking turns in rotating order so that load from other jobs
-    hits all alike. The cached and --no-cache steps include rendering their crops from the image store on `device`
-    (distill.py has no loader processes); the student-only step trains on crops made beforehand, the baseline.
-    batch: (render: () -> crops (B, 3, S, S) on device, image index (B,), view index (B,), cache emb)."""
+                    fused=True, modes=TRAIN_MODES):
+    """Seconds of the kinds of step in `modes` (TRAIN_MODES), taking turns in rotating order so that load from other
+    jobs hits all alike. The cached and --no-cache steps include rendering their crops from the image store on
+    `device` (distill.py has no loader processes); the student-only step trains on crops made beforehand, the
+    baseline. Every step feeds crops in the model's memory layout, as distill.py does, so that a compiled model runs
+    one graph; each mode's first call (its compile, if any) is timed apart from its steps.
+    batch: (render: () -> crops (B, 3, S, S) on device, image index (B,), view index (B,), cache emb; the last three
+    None when only the student-only step is timed). teacher: embed_dim and image_size (and model for --no-cache)."""
     render, idx, view, cache_emb = batch
-    x_ready = render()
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    x_ready = render().contiguous(memory_format=memory)
     B = len(x_ready)
     torch.manual_seed(0)
     student = models.build_student(student_name, teacher.embed_dim, image_size=teacher.image_size).to(device).train()
-    memory = torch.channels_last if channels_last else torch.contiguous_format
     student = student.to(memory_format=memory)
     forward = torch.compile(student, backend=compile_backend) if compile_backend else student
     optimizer = distill.make_optimizer(student, 5e-4, device, fused=fused)
-    idx, view, cache_emb = idx.to(device), view.to(device), cache_emb.to(device)
+    if cache_emb is not None:
+        idx, view, cache_emb = idx.to(device), view.to(device), cache_emb.to(device)
     constant = torch.randn(B, teacher.embed_dim, device=device)
 
     def crops_and_target(mode):
@@ -191,10 +195,10 @@ def time_train_step(student_name, teacher, batch, device, warmup, runs, channels
         with torch.no_grad(), common.autocast(device):
             return x, teacher.model.encode_image(x).float()
 
-    seconds, cpu = {m: [] for m in TRAIN_MODES}, {m: [] for m in TRAIN_MODES}  # CPU: this process's own work
-    first_step = None
+    seconds, cpu = {m: [] for m in modes}, {m: [] for m in modes}  # CPU: this process's own work
+    first_call = {}
     for r in range(max(1, warmup) + runs):  # at least one untimed round: torch.compile compiles there
-        for mode in TRAIN_MODES[r % 3:] + TRAIN_MODES[:r % 3]:
+        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             x, t_emb = crops_and_target(mode)
@@ -204,15 +208,18 @@ def time_train_step(student_name, teacher, batch, device, warmup, runs, channels
             loss.backward()
             optimizer.step()
             sync(device)
-            first_step = first_step or time.perf_counter() - t0
+            first_call.setdefault(mode, time.perf_counter() - t0)
             if r >= max(1, warmup):
                 seconds[mode].append(time.perf_counter() - t0)
                 cpu[mode].append(time.process_time() - c0)
     rate = {m: B / statistics.median(s) for m, s in seconds.items()}
     cpu_ms = {m: 1000 * statistics.median(c) / B for m, c in cpu.items()}  # per image
-    return {"img_per_s": rate, "cpu_ms_per_img": cpu_ms, "first_step_s": first_step,
-            "cached_vs_student_only": rate["cached (default)"] / rate["student only (no teacher)"],
-            "cached_vs_no_cache": rate["cached (default)"] / rate["--no-cache (teacher online)"]}
+    record = {"img_per_s": rate, "cpu_ms_per_img": cpu_ms, "first_call_s": first_call,
+              "compile_s": {m: first_call[m] - statistics.median(s) for m, s in seconds.items()}}  # first call - a step
+    if len(modes) == len(TRAIN_MODES):
+        record["cached_vs_student_only"] = rate["cached (default)"] / rate["student only (no teacher)"]
+        record["cached_vs_no_cache"] = rate["cached (default)"] / rate["--no-cache (teacher online)"]
+    return record
 
 
 def time_data_path(images, resolution, mean, std, device, batch_size, n=32):

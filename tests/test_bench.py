@@ -1,6 +1,8 @@
 """bench.py: the headline table from result JSONs with known numbers (each cell against a hand computation), bad
 result files, the GPU check at tiny sizes on the CPU, and the timing code at tiny sizes (no timing is asserted)."""
 import json
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -9,6 +11,7 @@ import torch
 
 import bench
 from helpers import bench_gpu, common
+from helpers.bench_timing import ROOT
 import kit
 
 
@@ -133,7 +136,7 @@ def test_gpu_check_failing_part_keeps_the_others(tmp_path, capsys, monkeypatch):
     assert e.value.code == 1
     assert "gpu check failed: synth (RuntimeError: CUDA error" in capsys.readouterr().err
     saved = json.loads((out / "gpu.json").read_text())
-    assert not saved["passed"] and list(saved["parts"]) == ["synth", "zeroshot"]
+    assert not saved["passed"] and list(saved["parts"]) == ["zeroshot", "synth"]
     assert saved["parts"]["synth"]["problems"] == ["RuntimeError: CUDA error: no kernel image is available"]
     assert saved["parts"]["zeroshot"]["passed"] and saved["parts"]["zeroshot"]["numbers"]
     assert "Traceback" in (out / "synth.log").read_text()
@@ -149,6 +152,120 @@ def test_gpu_check_stops_a_part_at_twice_its_budget(tmp_path, monkeypatch):
     part = bench_gpu.run_part("zeroshot", bench_gpu.REAL, ctx)
     assert time.perf_counter() - t0 < 10
     assert part["problems"] == ["PartTimeout: stopped after 2 s"] and part["numbers"] == {"started": 1}
+
+
+# A fresh process whose imports of diffusers and open_clip fail as on a host without them, whatever this one holds.
+BLOCKED = """import sys
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('diffusers', 'open_clip'):
+            raise ModuleNotFoundError(f'No module named {name!r}', name=name)
+sys.meta_path.insert(0, NotInstalled())
+sys.path.insert(0, sys.argv[1])
+import bench
+bench.main(sys.argv[2:])
+"""
+
+
+def test_gpu_check_without_diffusers_and_open_clip_runs_the_rest(tmp_path):
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, "-c", BLOCKED, str(ROOT), "gpu", "--tiny", "--device", "cpu",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    saved = json.loads((out / "gpu.json").read_text())
+    assert saved["versions"]["diffusers"] == saved["versions"]["open_clip"] == "not installed"
+    assert saved["versions"]["timm"] and saved["versions"]["transformers"][0].isdigit()
+    parts = saved["parts"]
+    assert list(parts) == list(bench_gpu.PARTS)
+    assert parts["synth"]["problems"] == ["skipped: diffusers not installed", "skipped: open_clip not installed"]
+    for name in ("zeroshot", "stage3", "distill"):
+        assert parts[name]["status"] == "skipped" and parts[name]["problems"] == ["skipped: open_clip not installed"]
+    assert parts["student"]["status"] == "passed", parts["student"]["problems"]
+    assert parts["student"]["numbers"]["img/s torch.compile (aot_eager) + channels_last (test_vit, batch 8, 64 px)"] > 0
+    report = (out / "report.md").read_text()
+    assert "## student: passed" in report and "## synth: skipped" in report and "diffusers not installed" in report
+    assert "gpu check failed: zeroshot (skipped: open_clip not installed)" in proc.stderr
+
+
+def test_gpu_check_nan_fails_its_part_and_the_next_part_runs(tmp_path, monkeypatch):
+    real_predict = bench_gpu.zeroshot.predict
+
+    def nan_logits(*args, **kwargs):
+        logits, *rest = real_predict(*args, **kwargs)
+        logits[0, 0] = float("nan")
+        return (logits, *rest)
+    monkeypatch.setattr(bench_gpu.zeroshot, "predict", nan_logits)
+    monkeypatch.setitem(bench_gpu.CHECKS, "student", lambda sz, ctx, numbers, problems: numbers.update(ran=1.0))
+    out = tmp_path / "check"
+    with pytest.raises(SystemExit):
+        bench.main(["gpu", "--tiny", "--device", "cpu", "--parts", "zeroshot", "student", "--out", str(out)])
+    parts = json.loads((out / "gpu.json").read_text())["parts"]
+    zs = parts["zeroshot"]
+    assert zs["status"] == "FAILED" and "non-finite logits" in zs["problems"]
+    key = "max |predict logit - fp32 logit of the same bf16 embedding|"
+    assert zs["numbers"][key] is None and f"non-finite number: {key} = nan" in zs["problems"]
+    assert parts["student"]["status"] == "passed" and parts["student"]["numbers"] == {"ran": 1.0}
+    assert "## zeroshot: FAILED" in (out / "report.md").read_text()
+
+
+def _fake_parts(monkeypatch, **checks):
+    """Every part a stand-in that records one number, unless given; no part needs a package."""
+    monkeypatch.setattr(bench_gpu, "NEEDS", dict.fromkeys(bench_gpu.PARTS, ()))
+    monkeypatch.setattr(bench_gpu, "versions", lambda: {"torch": torch.__version__})  # no imports in the deadline
+    for name in bench_gpu.PARTS:
+        monkeypatch.setitem(bench_gpu.CHECKS, name, checks.get(name, lambda sz, ctx, numbers, problems: (
+            numbers.update(done=1.0))))
+
+
+def test_gpu_check_deadline_cuts_the_parts_past_it(tmp_path, monkeypatch):
+    _fake_parts(monkeypatch, student=lambda sz, ctx, numbers, problems: (numbers.update(started=1.0),
+                                                                         time.sleep(30)))
+    out = tmp_path / "check"
+    with pytest.raises(SystemExit):
+        bench.main(["gpu", "--tiny", "--device", "cpu", "--deadline", "5", "--out", str(out)])
+    saved = json.loads((out / "gpu.json").read_text())
+    status = {name: part["status"] for name, part in saved["parts"].items()}
+    assert status == {"zeroshot": "passed", "student": "cut", "stage3": "cut", "synth": "cut", "distill": "cut"}
+    assert saved["parts"]["student"]["numbers"] == {"started": 1.0}
+    assert saved["parts"]["student"]["problems"][0].startswith("cut: stopped at the --deadline")
+    assert saved["parts"]["distill"]["problems"] == ["cut: not started, the --deadline of 5 s had passed"]
+    assert "- result: cut: student, stage3, synth, distill" in (out / "report.md").read_text()
+
+
+KILLED = """import pathlib, sys, time
+sys.path.insert(0, sys.argv[1])
+import bench
+from helpers import bench_gpu
+def third(sz, ctx, numbers, problems):
+    pathlib.Path(sys.argv[2], 'third.started').write_text('')
+    time.sleep(120)
+bench_gpu.versions = lambda: {'torch': '2'}
+bench_gpu.NEEDS = dict.fromkeys(bench_gpu.PARTS, ())
+bench_gpu.CHECKS.update({name: lambda sz, ctx, numbers, problems: numbers.update(done=1.0)
+                         for name in bench_gpu.PARTS[:2]}, **{bench_gpu.PARTS[2]: third})
+bench.main(['gpu', '--tiny', '--device', 'cpu', '--out', sys.argv[2]])
+"""
+
+
+def test_gpu_check_killed_in_the_third_part_keeps_the_first_two(tmp_path):
+    out = tmp_path / "check"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(ROOT), str(out)], stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):
+            if (out / "third.started").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (out / "third.started").exists(), proc.stderr.read() if proc.poll() is not None else "timed out"
+        proc.kill()  # SIGKILL: nothing in the process runs after it
+    finally:
+        proc.kill()
+        proc.wait()
+    parts = json.loads((out / "gpu.json").read_text())["parts"]
+    first, second, third = bench_gpu.PARTS[:3]
+    assert parts[first]["status"] == parts[second]["status"] == "passed"
+    assert parts[third]["status"].startswith("running")
+    report = (out / "report.md").read_text()
+    assert f"## {first}: passed" in report and f"## {second}: passed" in report
 
 
 def test_gpu_check_bad_input(tmp_path, capsys):
