@@ -441,7 +441,8 @@ def write_report(record, out):
         budget = f" of a {part['budget_s']} s budget" + (" (over)" if part["seconds"] > part["budget_s"] else "") \
             if part["budget_s"] else ""
         lines += ["", f"## {name}: {part['status']} ({part['seconds']:.0f} s{budget})", ""]
-        lines += [f"- problem: {p} (see {name}.log)" for p in part["problems"]] + ([""] if part["problems"] else [])
+        log = f" (see {name}.log)" if (out / f"{name}.log").exists() else ""
+        lines += [f"- problem: {p}{log}" for p in part["problems"]] + ([""] if part["problems"] else [])
         rows = [[k, f"{x:.4g}" if isinstance(x, float) else "null" if x is None else x]
                 for k, x in part["numbers"].items()]
         lines.append(markdown(["number", "value"], rows) if rows else "(no numbers)")
