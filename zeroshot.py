@@ -17,11 +17,15 @@ Commands:
   python zeroshot.py --model local-dir:runs/kitchen_l2/open_clip --dataset my_photos --domain kitchen_tools.txt
   # CPU smoke run on a few images
   python zeroshot.py --model local-dir:/path/to/tiny_clip --dataset pets --limit 64 --device cpu
+  # robustness: an ImageNet-C corruption at one severity, or all 15 x 5 (corrupted once, cached for other models)
+  python zeroshot.py --model runs/pets_l2/student.pt --dataset pets --corruption gaussian_noise --severity 3
+  python zeroshot.py --model runs/pets_l2/student.pt --dataset pets --corruption all --severity all
 
 Writes results/<model>_<dataset>.json (a folder dataset: results/<model>_<folder name>_folder.json) with
 CLIP_benchmark's key names ({"dataset", "model", "templates", "n", "metrics": {"acc1", "acc5",
 "mean_per_class_recall"}, ...}), and prints a start line and a one-line summary. --model also takes a run's last.pt
-(a student still training).
+(a student still training). With --corruption: one results/<model>_<dataset>_<corruption>_s<severity>.json per
+corruption and severity, which also names them.
 """
 import os
 import sys
@@ -35,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from helpers import common, domain_file, domains, eval_data, models, onnx_export
+from helpers import common, corruptions, domain_file, domains, eval_data, models, onnx_export
 from helpers.common import UserError, require
 
 TEMPLATE_SETS = {"paper": domains.PAPER_TEMPLATES, "clip_benchmark": domains.CLIP_BENCHMARK_TEMPLATES}
@@ -70,6 +74,14 @@ class Args:
     allow_subset: bool = field(default=False, metadata={
         "help": "--domain: a folder may lack some of the domain's classes (all of them stay in the classifier; the "
                 "result lists the missing ones) (ours: off, a missing class is an error)"})
+    # common corruptions (ImageNet-C's 15, helpers/corruptions.py)
+    corruption: Optional[str] = field(default=None, metadata={
+        "help": f"evaluate on corrupted images: all, or one or a comma list of {', '.join(corruptions.NAMES)} "
+                f"(ours: none, the clean images)"})
+    severity: Optional[str] = field(default=None, metadata={
+        "help": "1..5, a comma list, or all (ImageNet-C's: its mean is over all five)"})
+    corruption_seed: int = field(default=0, metadata={"help": "seed of the per-image corruption seeds (ours: any "
+                                                              "fixed seed)"})
     # system (ours: where and how fast it runs; amp aside, not what it measures)
     batch_size: int = field(default=256, metadata={"help": "images per forward pass"})
     workers: int = field(default=4, metadata={"help": "data loader processes"})
@@ -289,13 +301,14 @@ def compute_metrics(logits, labels):
 
 def evaluate(model, dataset, data_root="data", split="test", templates="paper", pretrained=None, batch_size=256,
              workers=4, device="cpu", amp=True, download=False, limit=None, subset=None, teacher=None,
-             progress=True, domain=None, allow_subset=False):
+             progress=True, domain=None, allow_subset=False, corruption=None, severity=None, corruption_seed=0):
     """Zero-shot evaluation; returns the results dict (CLIP_benchmark key names) without writing it.
 
     model: open_clip name, local-dir:PATH or student.pt path (or a ZeroShotModel); dataset: a
     helpers/domains.py name or a folder; subset: relative paths of a synth.py folder to keep; teacher: a
     loaded models.Teacher to encode prompts with (saves reloading it); domain: a domain_file.Domain whose classes
-    the class_name/*.jpg folder `dataset` holds (all of them, or some with allow_subset).
+    the class_name/*.jpg folder `dataset` holds (all of them, or some with allow_subset); corruption, severity: an
+    ImageNet-C corruption applied to the resized and centre-cropped images (cached, helpers/corruptions.py).
     """
     device = torch.device(device) if not isinstance(device, torch.device) else device
     zs = model if isinstance(model, ZeroShotModel) else load_model(model, pretrained, device)
@@ -303,12 +316,18 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
     classnames, template_list = resolve_classes(dataset, templates, domain)
     class_index = domain and domain_file.match_folders(common.class_folders(eval_data.check_folder(dataset)),
                                                        domain, allow_subset)  # folder name -> class index
-    ds = eval_data.build_dataset(dataset, data_root, split, zs.transform, download=download, subset=subset,
+    transform = zs.transform
+    if corruption is not None:  # ImageNet-C corrupts the resized, centre-cropped image: normalising comes after
+        transform, to_tensor = corruptions.split_transform(zs.transform)
+    ds = eval_data.build_dataset(dataset, data_root, split, transform, download=download, subset=subset,
                                  class_index=class_index)
     if limit is not None:
         ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
+    images = ds
+    if corruption is not None:  # corrupted once per (images, crop, corruption, severity, seed), then read
+        images = corruptions.CorruptedSet(ds, transform, to_tensor, corruption, severity, corruption_seed, workers)
     classifier = zs.classifier(classnames, template_list, device, teacher=teacher)  # (C, D)
-    loader = torch.utils.data.DataLoader(eval_data.SkipBroken(ds), batch_size=batch_size, shuffle=False,
+    loader = torch.utils.data.DataLoader(eval_data.SkipBroken(images), batch_size=batch_size, shuffle=False,
                                          num_workers=min(workers, common.available_cpus()),  # more only compete
                                          collate_fn=eval_data.collate_skipping, pin_memory=device.type == "cuda")
     t0 = time.time()
@@ -331,13 +350,17 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
     info = common.read_json(synth_json, "synth.json") if source == "synthetic" and synth_json.is_file() else {}
     missing = sorted(set(range(len(classnames))) - set(class_index.values())) if class_index else []
     name = domain.name if domain else Path(dataset).name if eval_data.is_folder_dataset(dataset) else dataset
-    return {"dataset": name, "model": zs.name, "domain": domain.name if domain else info.get("domain"),
-            "missing_classes": [classnames[i] for i in missing] or None,  # --allow-subset: the classes not evaluated
-            "templates": templates, "n": len(labels), "metrics": compute_metrics(logits, labels),
-            "source": source, "split": split if source == "real" else None, "skipped": len(broken),
-            "num_classes": len(classnames), "model_info": zs.info(),
-            "images_per_s": round(len(labels) / max(seconds, 1e-9), 2),
-            "precision": "bf16" if amp and common.autocast_dtype(device) != "fp32" else "fp32"}  # the image tower
+    result = {"dataset": name, "model": zs.name, "domain": domain.name if domain else info.get("domain"),
+              "missing_classes": [classnames[i] for i in missing] or None,  # --allow-subset: the classes not evaluated
+              "templates": templates, "n": len(labels), "metrics": compute_metrics(logits, labels),
+              "source": source, "split": split if source == "real" else None, "skipped": len(broken),
+              "num_classes": len(classnames), "model_info": zs.info(),
+              "images_per_s": round(len(labels) / max(seconds, 1e-9), 2),
+              "precision": "bf16" if amp and common.autocast_dtype(device) != "fp32" else "fp32"}  # the image tower
+    if corruption is not None:
+        result.update(corruption=corruption, severity=severity, corruption_seed=corruption_seed,
+                      corruption_cache={"read": images.cached, "path": str(images.path), "seconds": images.seconds})
+    return result
 
 
 def check_out(out, overwrite):
@@ -369,6 +392,14 @@ def main(argv=None):
                 f"--domain goes with a class_name/*.jpg folder as --dataset ({args.dataset} is {kind})")
         domain = domain_file.load_domain(args.domain, "--domain")
     require(not args.allow_subset or domain, "--allow-subset goes with --domain")
+    require(args.corruption or args.severity is None, "--severity needs --corruption NAME|all")
+    pairs = [(None, None)]  # (corruption, severity): clean images
+    if args.corruption:
+        pairs = corruptions.selection(args.corruption, args.severity or "all")
+        corruptions.library()  # a missing package fails now, not after loading the model
+    require(not args.out or len(pairs) == 1, f"--out names one file, and --corruption/--severity ask for {len(pairs)} "
+                                             f"results: leave --out out (results/<model>_<data>_<corruption>_s<N>"
+                                             f".json)")
     device = common.pick_device(args.device)
     # a result that cannot be written fails now, not after the evaluation
     out = check_out(Path(args.out), args.overwrite) if args.out else None
@@ -376,17 +407,24 @@ def main(argv=None):
     # a folder named like a dataset (data/synth/pets) is not its real test split: its results get another name
     data_name = f"{Path(args.dataset).name}_folder" if eval_data.is_folder_dataset(args.dataset) else args.dataset
     data_name = domain.name if domain else data_name  # your photos of a domain: its name
-    out = out or check_out(Path(f"results/{zs.name}_{data_name}.json"), args.overwrite)
+    names = [f"results/{zs.name}_{data_name}" + (f"_{c}_s{s}" if c else "") + ".json" for c, s in pairs]
+    outs = [out] if out else [check_out(Path(name), args.overwrite) for name in names]
     print(f"zero-shot | model {zs.name} | dataset {args.dataset} | templates {args.templates} | device {device}")
-    result = evaluate(zs, args.dataset, data_root=args.data_root, split=args.split, templates=args.templates,
-                      batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
-                      download=args.download, limit=args.limit, domain=domain, allow_subset=args.allow_subset)
-    save_result(result, out)
-    m = result["metrics"]
-    print(f"{result['dataset']} | {zs.name} | n {result['n']} | acc1 {100 * m['acc1']:.2f} | "
-          f"acc5 {100 * m['acc5']:.2f} | mean per-class recall {100 * m['mean_per_class_recall']:.2f} | "
-          f"{result['images_per_s']:.1f} img/s | {out}")
-    return result
+    results = []
+    for (name, severity), out in zip(pairs, outs):
+        result = evaluate(zs, args.dataset, data_root=args.data_root, split=args.split, templates=args.templates,
+                          batch_size=args.batch_size, workers=args.workers, device=device, amp=args.amp,
+                          download=args.download, limit=args.limit, domain=domain, allow_subset=args.allow_subset,
+                          corruption=name, severity=severity, corruption_seed=args.corruption_seed)
+        save_result(result, out)
+        m, cache = result["metrics"], result.get("corruption_cache")
+        if cache:
+            print(f"corruption cache: {'read' if cache['read'] else 'built'} {cache['path']} ({cache['seconds']:.1f}s)")
+        print(f"{result['dataset']}{f' | {name} {severity}' if name else ''} | {zs.name} | n {result['n']} | acc1 "
+              f"{100 * m['acc1']:.2f} | acc5 {100 * m['acc5']:.2f} | mean per-class recall "
+              f"{100 * m['mean_per_class_recall']:.2f} | {result['images_per_s']:.1f} img/s | {out}")
+        results.append(result)
+    return results[0] if len(results) == 1 else results
 
 
 if __name__ == "__main__":
