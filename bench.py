@@ -14,6 +14,7 @@ Commands:
   python bench.py train --quick                   # training step: online teacher vs cache vs student alone
   python bench.py train --device cuda --compile   # GPU: also torch.compile + channels_last
   python bench.py store                           # the image store's R: crop fidelity (PSNR) and GB per dataset
+  python bench.py corruptions                     # CPU ms/image of each ImageNet-C corruption; all 15 x 5 on Pets
   python bench.py synth --generator PATH --quick  # synth.py vs a bare pipeline loop
   python bench.py onnx --quick                    # CPU: the ONNX classifier, eager vs onnxruntime fp32 vs int8
   python bench.py onnx --students efficientnet_b0 --teacher none --batches 1   # one model, batch 1: a minute
@@ -33,12 +34,12 @@ from typing import List, Optional
 
 import torch
 
-from helpers import bench_gpu, bench_onnx, bench_table, common, domains, eval_data, models
+from helpers import bench_gpu, bench_onnx, bench_table, common, corruptions, domains, eval_data, models
 from helpers.bench_timing import (TRAIN_VARIANTS, bench_store, bench_train, count_flops, environment, generate,
                           import_test_kit, markdown, measure_model, save_random_teacher, sync, time_call)
 from helpers.common import require
 
-SUBCOMMANDS = ("models", "zeroshot", "train", "store", "synth", "table", "gpu", "onnx")
+SUBCOMMANDS = ("models", "zeroshot", "train", "store", "synth", "table", "gpu", "onnx", "corruptions")
 STUDENTS = ["tiny_vit_5m_224", "tiny_vit_11m_224", "tiny_vit_21m_224", "efficientnet_b0"]
 
 
@@ -233,6 +234,32 @@ def bench_synth(args, device):
 
 
 # ----------------------------------------------------------------------------------------------
+# corruptions: what zeroshot.py --corruption costs before the model runs
+
+def bench_corruptions(args, test_images=3669, cores=16):
+    """CPU ms per image of each corruption and severity (--runs images of --image-size px, one process), and what
+    all of them cost on Pets' test split (3,669 images) with `cores` loader processes at those rates."""
+    cost, first = corruptions.time_corruptions(args.image_size, images=args.runs)
+    rows = [[name, f"{first[name]:.0f}"] + [f"{cost[name][s]:.1f}" for s in corruptions.SEVERITIES] +
+            [f"{sum(cost[name].values()) / len(cost[name]):.1f}"] for name in corruptions.NAMES]
+    per_image = sum(sum(c.values()) for c in cost.values())  # ms for all 15 x 5 versions of one image
+    cpu_s = per_image * test_images / 1000
+    gb = len(corruptions.NAMES) * len(corruptions.SEVERITIES) * test_images * args.image_size ** 2 * 3 / 1e9
+    rows.append([f"all {len(cost)} x {len(corruptions.SEVERITIES)}, one image", "", "", "", "", "", "",
+                 f"{per_image:.0f} ms"])
+    rows.append([f"all of them on Pets' {test_images:,} test images", "", "", "", "", "", "",
+                 f"{cpu_s / 60:.0f} CPU-min, {cpu_s / cores / 60:.1f} min on {cores} cores, {gb:.1f} GB cached"])
+    header = ["corruption", "first call ms"] + [f"severity {s} ms/img" for s in corruptions.SEVERITIES] + ["mean"]
+    _, version = corruptions.library()
+    note = (f"CPU time (process_time, all threads) per {args.image_size} px image, mean of {args.runs} images, "
+            f"{corruptions.PACKAGE} {version}; the first call includes one-time set-up (glass blur's numba compile).")
+    return markdown(header, rows) + "\n\n" + note, {"ms_per_image": cost, "first_call_ms": first,
+                                                      "all_ms_per_image": per_image, "pets_cpu_s": cpu_s,
+                                                      "pets_minutes_on_cores": cpu_s / cores / 60, "cores": cores,
+                                                      "cache_gb": gb, "version": version}
+
+
+# ----------------------------------------------------------------------------------------------
 # gpu: the one-call check of a lent GPU (helpers/bench_gpu.py)
 
 def bench_gpu_check(args, device, argv):
@@ -284,6 +311,8 @@ def main(argv=None):
     elif command == "onnx":
         require(device.type == "cpu", "bench.py onnx measures CPU inference: pass --device cpu")
         table, record = bench_onnx.bench_onnx(args, device)
+    elif command == "corruptions":
+        table, record = bench_corruptions(args)
     else:
         table, record = bench_synth(args, device)
     head = f"{command} | {environment(device)}" + (" | --quick" if args.quick else "")

@@ -11,6 +11,8 @@ the published row it reproduces, in the metric and with the prompt templates tha
 A result made with other templates than its published row's is shown but not compared (the cell says why).
 A result on the user's own labelled photos of a domain file (zeroshot.py --domain) gets a column of its own, named
 after the domain, beside the six: top-1 and mean per-class recall, compared with nothing.
+Results on corrupted images (zeroshot.py --corruption) stay out of the headline: they make the robustness table
+(`robustness_table`), one row per model and dataset with the teacher as the reference row.
 """
 from pathlib import Path
 
@@ -107,6 +109,8 @@ def build_table(results):
     "domains": {domain name: cell dict}}."""
     rows = {}
     for r in results:
+        if r.get("corruption"):  # the robustness table's
+            continue
         ref_name = reference(r)
         ref = PUBLISHED[ref_name]
         row = rows.setdefault(row_key(r), {"reference": ref_name, "params_m": None, "real": {}, "synthetic": {},
@@ -171,7 +175,51 @@ def table(paths, plot_path=None):
                                f"compared with nothing." if own else "")
     if plot_path:
         plot(rows, plot_path)
-    return markdown(header, out) + "\n\n" + note, {"rows": rows, "plot": plot_path}
+    robust, robust_rows = robustness_table(results)
+    return markdown(header, out) + "\n\n" + note + robust, {"rows": rows, "plot": plot_path, "robustness": robust_rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# robustness: clean against corrupted top-1, per model and dataset
+
+def robustness_table(results):
+    """('\n\n' + Markdown, rows) when some results are on corrupted images, else ('', []). Per model and dataset:
+    top-1 on clean images, the mean top-1 over its (corruption, severity) results, their ratio (relative
+    robustness), and that ratio minus the teacher's on the same dataset (the first teacher is the reference)."""
+    groups = {}
+    for r in results:
+        key = (row_key(r), r["dataset"], r.get("source", "real"))
+        g = groups.setdefault(key, {"teacher": (r.get("model_info") or {}).get("kind") == "teacher", "clean": None,
+                                    "corrupted": {}})
+        if r.get("corruption"):
+            g["corrupted"][f"{r['corruption']} {r['severity']}"] = 100 * r["metrics"]["acc1"]
+        else:
+            g["clean"] = 100 * r["metrics"]["acc1"]
+    rows = []
+    for (model, dataset, _), g in sorted(groups.items(), key=lambda kv: (kv[0][1], not kv[1]["teacher"], kv[0][0])):
+        if not g["corrupted"]:
+            continue
+        mean = sum(g["corrupted"].values()) / len(g["corrupted"])
+        rows.append({"model": model, "dataset": dataset, "teacher": g["teacher"], "clean": g["clean"],
+                     "corrupted": mean, "pairs": sorted(g["corrupted"]),
+                     "relative": mean / g["clean"] if g["clean"] else None})
+    if not rows:
+        return "", []
+    out = []
+    for row in rows:
+        ref = next((x for x in rows if x["teacher"] and x["dataset"] == row["dataset"]), None)
+        vs = "(reference)" if row is ref else "" if ref is None or None in (ref["relative"], row["relative"]) else \
+            f"{row['relative'] - ref['relative']:+.3f}"
+        if ref is not None and row is not ref and row["pairs"] != ref["pairs"]:
+            vs += f" (other corruptions than the teacher's {len(ref['pairs'])})"
+        out.append([row["model"], row["dataset"], len(row["pairs"]),
+                    "no clean result" if row["clean"] is None else f"{row['clean']:.2f}", f"{row['corrupted']:.2f}",
+                    "" if row["relative"] is None else f"{row['relative']:.3f}", vs])
+    header = ["model", "dataset", "corruptions x severities", "clean top-1", "corrupted top-1 (mean)",
+              "relative robustness (corrupted / clean)", "relative minus the teacher's"]
+    note = ("Robustness: top-1 on the clean test split and its mean over the (corruption, severity) results found "
+            "(zeroshot.py --corruption, ImageNet-C's corruptions); the teacher is the reference row.")
+    return "\n\n" + markdown(header, out) + "\n\n" + note, rows
 
 
 def target_table():
