@@ -12,18 +12,22 @@ the student follow the mark?). Zero-shot distillation works if the student learn
 
 `--study views` measures instead what distill.py's teacher cache of K fixed views per image costs against fresh
 views each step (--no-cache, the authors' way): students trained with RandomResizedCrop on the unmarked set.
+`--study corruptions` evaluates the sweep's L2 and contrastive tau 0.01 students at s = 0 and s = 0.3 (and the
+teacher) on the real images under the 15 ImageNet-C corruptions at severities 1-5 (zeroshot.py --corruption): does
+L2 hold up better under common corruptions? It reuses the sweep's students when they exist and trains them if not.
 
 Commands:
   python toy.py                          # the default sweep (21 min on 2 CPU cores), into runs/toy
   python toy.py --quick --out /tmp/toy   # smoke run, under a minute
   python toy.py --study views            # teacher cache K = 1, 2, 8, 32 against fresh views, into runs/toy
+  python toy.py --study corruptions      # s = 0 and 0.3, l2 and contrastive tau 0.01, 15 corruptions x 5 severities
   python toy.py --strengths 0 0.1 --losses l2 "contrastive tau 0.01, class" --seeds 5   # any subset
   python toy.py --strengths 0 0.3 0.4 --losses l2 "contrastive tau 0.01, class" "contrastive tau 0.01, caption" \
       "contrastive tau 1, caption" --steps 3000 --out runs/toy_captions   # captions need 3x the samples
 
 Writes OUT/teacher (an open_clip folder: models.load_teacher('local-dir:OUT/teacher')), OUT/data/{synth_<s>, real,
 randcue_<s>} (synth.py's folder format), OUT/runs/<study>/... (distill.py runs, each with toy_eval.json) and
-OUT/{table.md, results.json, toy.png} (or OUT/views_{table.md, results.json}). A rerun reuses every piece made with
+OUT/{table.md, results.json, toy.png} (or OUT/<study>_{table.md, results.json}). A rerun reuses every piece made with
 the same settings and refuses to overwrite one made with other settings.
 """
 import concurrent.futures
@@ -45,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from helpers import common, models, toy_report, toy_world
+from helpers import common, corruptions, models, toy_report, toy_world
 from helpers.common import require
 from helpers.toy_world import SHAPES, level_name
 
@@ -61,6 +65,8 @@ LOSS_FLAGS = {  # table name -> the distill.py flags of that loss
 # the default sweep: every loss against the class prompts, so that the losses differ in the loss alone. Against each
 # image's caption, contrastive tau 0.01 needs about 3x the samples to converge (docs/toy.md): not in the default
 DEFAULT_LOSSES = ("l2", "contrastive tau 0.01, class", "contrastive tau 1, class", "mix, class")
+DEFAULT_STRENGTHS = (0, 0.2, 0.3, 0.4, 0.5, 0.6, 1)
+CORRUPTION_STUDY = {"strengths": [0, 0.3], "losses": ["l2", "contrastive tau 0.01, class"]}  # the control, the band
 VIEW_SETTINGS = {"1": ["--views", "1"], "2": ["--views", "2"], "8": ["--views", "8"], "32": ["--views", "32"],
                  "fresh": ["--no-cache"]}  # --study views: teacher cache of K views per image, or fresh views
 
@@ -70,13 +76,15 @@ class Args:
     """Zero-shot distillation in a toy world: at which strength of the generator's mark does the student follow it?
     Every default here is ours (the toy world is not the paper's): sized for 2 CPU cores; why, where it matters."""
     study: str = field(default="marks", metadata={"help": "marks: sweep the mark's opacity; views: K cached views "
-                                                          "against fresh ones", "choices": ["marks", "views"]})
+                                                          "against fresh ones; corruptions: the s = 0 and 0.3 students "
+                                                          "on corrupted real images",
+                                                  "choices": ["marks", "views", "corruptions"]})
     # data
     image_size: int = field(default=32, metadata={"help": "image side in px"})
     per_class: int = field(default=1000, metadata={"help": "synthetic training images per class (and strength)"})
     eval_per_class: int = field(default=100, metadata={"help": "real and other-mark evaluation images per class"})
-    strengths: List[float] = field(default_factory=lambda: [0, 0.2, 0.3, 0.4, 0.5, 0.6, 1], metadata={
-        "help": "mark opacities s to sweep (0: the control, no mark; 1: an opaque code)"})
+    strengths: List[float] = field(default_factory=lambda: list(DEFAULT_STRENGTHS), metadata={
+        "help": "mark opacities s to sweep (0: the control, no mark; 1: an opaque code; --study corruptions: 0 0.3)"})
     # teacher
     teacher_images: int = field(default=20000, metadata={"help": "rendered image-caption pairs for the teacher"})
     teacher_steps: int = field(default=1200, metadata={"help": "teacher optimizer steps (ClipLoss)"})
@@ -88,6 +96,11 @@ class Args:
         "help": "distillation losses", "choices": list(LOSS_FLAGS)})
     views: List[str] = field(default_factory=lambda: list(VIEW_SETTINGS), metadata={
         "help": "--study views: teacher cache views per image, or fresh (--no-cache)", "choices": list(VIEW_SETTINGS)})
+    corruptions: List[str] = field(default_factory=lambda: list(corruptions.NAMES), metadata={
+        "help": "--study corruptions: ImageNet-C corruptions (all 15: ImageNet-C's)",
+        "choices": list(corruptions.NAMES)})
+    severities: List[int] = field(default_factory=lambda: list(corruptions.SEVERITIES), metadata={
+        "help": "--study corruptions: severities, 1..5 (all five: ImageNet-C's)"})
     steps: int = field(default=1000, metadata={"help": "student optimizer steps per run"})
     batch_size: int = field(default=48, metadata={"help": "student batch (small: fewer images share a class prompt, "
                                                           "the contrastive loss's false negatives)"})
@@ -110,7 +123,7 @@ class Args:
 def distill_argv(args, teacher_dir, data_dir, run_dir, flags, seed):
     """distill.py's command line for one student. The marks study uses no crops (--crop-scale 1 1): a crop would
     cut the mark out of some views and make it weaker than its s; views differ by a horizontal flip only."""
-    views = ["--views", "2", "--crop-scale", "1", "1"] if args.study == "marks" else []
+    views = ["--views", "2", "--crop-scale", "1", "1"] if args.study != "views" else []  # corruptions: the marks' runs
     return ["--channels-last", "--data", str(data_dir), "--teacher", f"local-dir:{teacher_dir}",
             "--student", args.student, "--image-size", str(args.image_size), *views, "--holdout", str(args.holdout),
             "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--schedule",
@@ -261,15 +274,64 @@ def run_all(args, plans, folders):
 
 
 # ----------------------------------------------------------------------------------------------
+# --study corruptions: the students and the teacher on corrupted real images (zeroshot.py --corruption)
+
+def corrupted_accuracy(run_dir, real, pairs, key):
+    """{"<corruption> <severity>": top-1} of one student on the real images; kept as <run>/toy_corruptions.json,
+    reused by a rerun with the same corruptions, run and library."""
+    import zeroshot
+    path = run_dir / "toy_corruptions.json"
+    if path.is_file():
+        saved = common.read_json(path, "toy corruption result", keys=("key", "acc1"))
+        if saved["key"] == key:
+            return saved["acc1"]
+    student = zeroshot.load_model(str(run_dir / "student.pt"))
+    acc1 = {f"{c} {s}": accuracy(student, real, corruption=c, severity=s) for c, s in pairs}
+    common.save_json({"key": key, "acc1": acc1}, path)
+    return acc1
+
+
+def evaluate_corruptions(args, plans, folders, teacher):
+    """The teacher first, which corrupts each (corruption, severity) set once into zeroshot.py's cache; then every
+    student, --jobs at a time, reads those images. Returns ({pair: teacher top-1}, [{pair: top-1} per plan])."""
+    import zeroshot
+    pairs = [(c, s) for c in args.corruptions for s in args.severities]
+    t0 = time.time()
+    model = zeroshot.ZeroShotModel(encoder=teacher.model, transform=teacher.preprocess, name="teacher",
+                                   teacher=teacher)
+    teacher_acc = {f"{c} {s}": accuracy(model, folders["real"], teacher=teacher, corruption=c, severity=s)
+                   for c, s in pairs}
+    print(f"corruptions | teacher on {len(pairs)} corrupted sets (each corrupted once) | {time.time() - t0:.0f}s",
+          flush=True)
+    version = corruptions.library()[1]
+    jobs = [(run_dir, folders["real"], pairs, common.fingerprint([key, pairs, version])) for _, run_dir, _, _, key
+            in plans]
+    t0 = time.time()
+    if args.jobs > 1:
+        with concurrent.futures.ProcessPoolExecutor(
+                min(args.jobs, len(jobs)), mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
+                initargs=(time.time(), args.threads)) as pool:
+            accs = list(pool.map(corrupted_accuracy, *zip(*jobs)))
+    else:
+        accs = [corrupted_accuracy(*job) for job in jobs]
+    print(f"corruptions | {len(jobs)} students on the cached sets | {time.time() - t0:.0f}s", flush=True)
+    return teacher_acc, accs
+
+
+# ----------------------------------------------------------------------------------------------
 
 @common.entrypoint
 def main(argv=None):
     args = common.parse_args(Args, argv, description=__doc__)
+    if args.study == "corruptions":  # the sweep's students where the question is asked, unless others are named
+        args.strengths = CORRUPTION_STUDY["strengths"] if args.strengths == list(DEFAULT_STRENGTHS) else args.strengths
+        args.losses = CORRUPTION_STUDY["losses"] if args.losses == list(DEFAULT_LOSSES) else args.losses
     if args.quick:  # every stage runs, on tiny counts: a smoke test, not a measurement
         args.per_class, args.eval_per_class, args.teacher_images = 40, 16, 3000
         args.teacher_steps, args.teacher_batch_size, args.steps, args.batch_size = 300, 128, 15, 32
         args.seeds, args.jobs, args.views = 1, 1, ["1", "fresh"]
         args.strengths, args.losses = [0, 1], ["l2", "contrastive tau 0.01, caption"]
+        args.corruptions, args.severities = ["gaussian_noise", "defocus_blur"], [3]
     args.strengths = sorted(set(float(s) for s in ([0] if args.study == "views" else args.strengths)))
     args.losses = [x for x in LOSS_FLAGS if x in args.losses]  # table order, no repeats
     args.views = [v for v in VIEW_SETTINGS if v in args.views]
@@ -284,6 +346,11 @@ def main(argv=None):
     n_train = args.per_class * len(SHAPES) - round(args.holdout * args.per_class * len(SHAPES))  # distill.py's split
     require(args.batch_size <= n_train, f"--batch-size {args.batch_size} is larger than the {n_train} training "
                                         f"images of a run: lower it")
+    require(all(s in corruptions.SEVERITIES for s in args.severities), "--severities must each be 1, 2, 3, 4 or 5")
+    if args.study == "corruptions":
+        require(args.image_size >= 32, "--study corruptions needs --image-size >= 32 (ImageNet-C's code refuses "
+                                       "smaller images)")
+        corruptions.library()  # a missing package fails now, not after the students
     torch.set_num_threads(args.threads)  # the teacher too: more threads than free cores slow tiny models down a lot
     out = common.prepare_out_dir(Path(args.out).expanduser().resolve(), create=False)  # a file: one line, now
     t_start, timing = time.time(), {}
@@ -337,15 +404,25 @@ def main(argv=None):
     rank = {"views": args.views.index, "loss": args.losses.index, "strength": float, "seed": int}
     runs.sort(key=lambda r: [rank[k](r[k]) for k in order])
 
+    if args.study == "corruptions":  # 3b: the students and the teacher on corrupted real images
+        t0 = time.time()
+        teacher_results["corrupted"], corrupted = evaluate_corruptions(args, plans, folders, teacher)
+        by_keys = {tuple(p[0].items()): acc for p, acc in zip(plans, corrupted)}
+        for r in runs:
+            r["corrupted"] = by_keys[tuple((k, r[k]) for k in ("strength", "loss", "seed"))]
+        timing["corruptions_s"] = time.time() - t0
+
     # 4: the table, the reading's numbers and the picture
     timing["total_s"] = seconds = time.time() - t_start
     header = (f"Toy world, study {args.study}: {args.student} students, {args.steps} steps of {args.batch_size}, "
               f"{args.seeds} seed(s), mean ± std over seeds; teacher zero-shot accuracy on real images "
               f"{100 * t_real:.1f}%; {seconds / 60:.1f} min ({args.jobs} process(es), {os.cpu_count()} cores; teacher "
               f"{'reused' if teacher_reused else 'trained'}, {n_reused} of {len(plans)} runs reused).")
-    prefix = "views_" if args.study == "views" else ""
+    prefix = "" if args.study == "marks" else f"{args.study}_"
     if args.study == "views":
         table = toy_report.views_table(args, runs, teacher_results)
+    elif args.study == "corruptions":
+        table = toy_report.corruptions_table(args, runs, teacher_results)
     else:
         table = toy_report.marks_table(args, runs, teacher_results) + "\n\n" + toy_report.band(args, runs)
         toy_report.plot(args, runs, teacher_results, folders, out / "toy.png")

@@ -1,10 +1,10 @@
 """toy.py's report: the table of the mark sweep (`marks_table`), the reading computed from it (`band`), the views
-study's table (`views_table`) and the picture (`plot`: accuracy and mark-following against the mark's opacity,
+study's table (`views_table`), the corruptions study's tables (`corruptions_table`) and the picture (`plot`: accuracy and mark-following against the mark's opacity,
 with seed bands and sample images)."""
 import numpy as np
 from PIL import Image
 
-from helpers import common
+from helpers import common, corruptions
 from helpers.toy_world import SHAPES, level_name
 
 
@@ -62,6 +62,46 @@ def views_table(args, runs, teacher):
                      f"{mean_std([r['cosine'] for r in rs], scale=1, digits=3)} | "
                      f"{mean_std([r['synthetic'] for r in rs])} |")
     return "\n".join(lines)
+
+
+def corruptions_table(args, runs, teacher):
+    """Markdown: per strength and loss (the teacher first) the clean real accuracy, the mean over every corruption
+    and severity, the relative robustness (corrupted / clean, per seed) and the mean per corruption family; then
+    per corruption (mean over severities); then the reading's numbers: L2 against contrastive at each strength."""
+    pairs = list(teacher["corrupted"])
+    families = {f: [p for p in pairs if p.split()[0] in names] for f, names in corruptions.FAMILIES.items()}
+    families = {f: ps for f, ps in families.items() if ps}
+    groups = [("-", "teacher", [{"real": teacher[level_name(args.strengths[0])]["real"],
+                                 "corrupted": teacher["corrupted"]}])]
+    groups += [(level_name(s), loss, [r for r in runs if r["strength"] == s and r["loss"] == loss])
+               for s in args.strengths for loss in args.losses]
+
+    def mean_over(r, ps):
+        return float(np.mean([r["corrupted"][p] for p in ps]))
+    lines = [f"| s | model | clean real acc % | corrupted acc % (mean of {len(pairs)}) | relative (corrupted / clean) | "
+             + " | ".join(families) + " |", "|---" * (5 + len(families)) + "|"]
+    for level, name, rs in groups:
+        lines.append(f"| {level} | {name} | {mean_std([r['real'] for r in rs])} | "
+                     f"{mean_std([mean_over(r, pairs) for r in rs])} | "
+                     f"{mean_std([mean_over(r, pairs) / r['real'] for r in rs], scale=1, digits=3)} | "
+                     + " | ".join(mean_std([mean_over(r, ps) for r in rs]) for ps in families.values()) + " |")
+    names = list(dict.fromkeys(p.split()[0] for p in pairs))
+    lines += ["", "| corruption (mean over severities, acc %) | " + " | ".join(
+        n if level == "-" else f"{n}, s = {level}" for level, n, _ in groups) + " |", "|---" * (1 + len(groups)) + "|"]
+    for c in names:
+        ps = [p for p in pairs if p.split()[0] == c]
+        lines.append(f"| {c} | " + " | ".join(mean_std([mean_over(r, ps) for r in rs]) for _, _, rs in groups) + " |")
+    reading = []
+    l2, others = "l2", [x for x in args.losses if x != "l2"]
+    for s in args.strengths:
+        if l2 not in args.losses or not others:
+            break
+        rel = {x: [mean_over(r, pairs) / r["real"] for r in runs if r["strength"] == s and r["loss"] == x]
+               for x in [l2] + others}
+        reading.append(f"s = {level_name(s)}: relative robustness " + ", ".join(
+            f"{x} {np.mean(v):.3f} ± {np.std(v):.3f}" for x, v in rel.items()) + "; l2 minus " + ", ".join(
+            f"{x}: {np.mean(rel[l2]) - np.mean(rel[x]):+.3f}" for x in others) + ".")
+    return "\n".join(lines) + ("\n\n" + " ".join(reading) if reading else "")
 
 
 def plot(args, runs, teacher, folders, path):

@@ -106,3 +106,10 @@ def test_quick_run_then_views_study_on_the_same_world(tmp_path, capsys):
     assert "| fresh (--no-cache) |" in table and "| 1 |" in table
     fresh = json.loads((out / "runs" / "views" / "views_fresh" / "seed0" / "args.json").read_text())
     assert fresh["cache"] is False and fresh["crop_scale"] == [0.08, 1.0]
+    # the corruptions study: the same students (reused, not retrained) and the teacher on corrupted real images
+    corrupted = toy.main(["--quick", "--study", "corruptions", "--out", str(out)])
+    assert [r["real"] for r in corrupted["runs"]] == [r["real"] for r in result["runs"]]
+    assert all(set(r["corrupted"]) == {"gaussian_noise 3", "defocus_blur 3"} for r in corrupted["runs"])
+    assert (run / "toy_corruptions.json").is_file()
+    table = (out / "corruptions_table.md").read_text()
+    assert "4 of 4 runs reused" in table and "| - | teacher |" in table and "| defocus_blur |" in table
