@@ -139,7 +139,8 @@ class _Corrupter(torch.utils.data.Dataset):
             pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
         except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, unidentified, bad header
             return i, None, -1, common.first_line(e, 100)
-        return i, corrupt(pixels, self.name, self.severity, image_seed(self.seed, i)), int(label), None
+        out = corrupt(pixels, self.name, self.severity, image_seed(self.seed, i))
+        return i, np.require(out, requirements="W"), int(label), None  # writable: the loader wraps it in a tensor
 
 
 class CorruptedSet(torch.utils.data.Dataset):
