@@ -1,6 +1,6 @@
 """toy.py's report: the table of the mark sweep (`marks_table`), the reading computed from it (`band`), the views
-study's table (`views_table`), the corruptions study's tables (`corruptions_table`) and the picture (`plot`: accuracy and mark-following against the mark's opacity,
-with seed bands and sample images)."""
+study's table (`views_table`), the corruptions study's tables (`corruptions_table`) and the picture (`plot`:
+accuracy and mark-following against the mark's opacity, with seed bands and sample images)."""
 import numpy as np
 from PIL import Image
 
@@ -78,8 +78,8 @@ def corruptions_table(args, runs, teacher):
 
     def mean_over(r, ps):
         return float(np.mean([r["corrupted"][p] for p in ps]))
-    lines = [f"| s | model | clean real acc % | corrupted acc % (mean of {len(pairs)}) | relative (corrupted / clean) | "
-             + " | ".join(families) + " |", "|---" * (5 + len(families)) + "|"]
+    lines = [f"| s | model | clean real acc % | corrupted acc % (mean of {len(pairs)}) | relative (corrupted / clean) "
+             f"| " + " | ".join(families) + " |", "|---" * (5 + len(families)) + "|"]
     for level, name, rs in groups:
         lines.append(f"| {level} | {name} | {mean_std([r['real'] for r in rs])} | "
                      f"{mean_std([mean_over(r, pairs) for r in rs])} | "
