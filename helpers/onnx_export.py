@@ -92,11 +92,12 @@ def load_images(paths, size):
 # ----------------------------------------------------------------------------------------------
 # export, run, compare
 
-def export_graph(classifier, size, path, meta):
-    """torch.onnx (dynamo exporter, onnxscript) -> path, dynamic batch, metadata written into the model."""
+def export_graph(classifier, size, path, meta, example=None):
+    """torch.onnx (dynamo exporter, onnxscript) -> path, dynamic batch, metadata written into the model. example:
+    an input of batch 2 (default: uint8 images, the classifier's input; 1 would be specialised)."""
     import onnx
     classifier = classifier.eval()
-    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)  # batch 2: 1 would be specialised
+    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8) if example is None else example
     try:
         with contextlib.redirect_stdout(io.StringIO()), quiet():  # torch.onnx prints its progress, warns per module
             program = torch.onnx.export(classifier, (example,), dynamo=True, input_names=[INPUT],
