@@ -34,7 +34,7 @@ from typing import List, Optional
 
 import torch
 
-from helpers import bench_gpu, bench_onnx, bench_table, common, corruptions, domains, eval_data, models
+from helpers import bench_gpu, bench_onnx, bench_table, common, corruptions, devices, domains, eval_data, models
 from helpers.bench_timing import (TRAIN_VARIANTS, bench_store, bench_train, count_flops, environment, generate,
                           import_test_kit, markdown, measure_model, save_random_teacher, sync, time_call)
 from helpers.common import require
@@ -293,7 +293,7 @@ def main(argv=None):
         models.resolve_teacher(args.teacher, None, weights=False)
     if args.quick:
         args.batch_size, args.warmup, args.runs = min(args.batch_size, 8), 1, 3
-    device = common.pick_device(args.device)
+    device = devices.pick_device(args.device)
     if command == "models":
         table, record = bench_models(args, device)
     elif command == "zeroshot":

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 import export
 import zeroshot
-from helpers import common, models, run_state, shards, views
+from helpers import common, devices, models, run_state, shards, views
 from helpers.common import UserError
 
 
@@ -243,7 +243,7 @@ def describe_run(plan, teacher, model, resolution, dist):
             f"{len(images.paths)} images ({len(plan.train_idx)} train, {len(plan.holdout)} held out)")
     print(f"distill | {args.loss} | teacher {teacher.name} ({teacher.pretrained}) -> student {args.student} "
           f"{resolution}px, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | {data} | "
-          f"{plan.total} steps of {args.batch_size} | device {device} {common.autocast_dtype(device)} | "
+          f"{plan.total} steps of {args.batch_size} | device {device} {devices.autocast_dtype(device)} | "
           f"world {dist.world_size}")
     for path, reason in images.skipped:
         print(f"warning: skipped undecodable image {images.root / path} ({reason})", file=sys.stderr)
@@ -296,7 +296,7 @@ def evaluate_run(plan, teacher, device):
 @common.entrypoint
 def main(argv=None):
     args = common.parse_args(Args, argv, description=__doc__)
-    dist = common.setup_distributed(args.device)
+    dist = devices.setup_distributed(args.device)
     device = dist.device
     plan = run_state.plan_run(args, dist)  # every check and derived value, before anything is written
     args, images, out = plan.args, plan.images, plan.out
@@ -329,7 +329,7 @@ def main(argv=None):
     class_text_emb, text_emb, text_rows = text_targets(images, teacher, classnames, templates, args, device)
 
     # the student, its optimizer, and the state of a resumed run
-    model = common.sync_batchnorm(model, dist).to(device)
+    model = devices.sync_batchnorm(model, dist).to(device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = make_optimizer(model, args.lr, device)
@@ -365,10 +365,10 @@ def main(argv=None):
             # the teacher's embedding of exactly this crop, computed once when the cache was built
             t_emb = cache_emb[idx.to(device), view.to(device)].float()  # (b, D)
         else:
-            with torch.no_grad(), common.autocast(device):  # the teacher online, on the same view
+            with torch.no_grad(), devices.autocast(device):  # the teacher online, on the same view
                 # crops[-1]: the teacher's crop (crops[0] itself when both models take the same resolution)
                 t_emb = teacher.model.encode_image(crops[-1].to(device, non_blocking=True)).float()  # (b, D)
-        with common.autocast(device):
+        with devices.autocast(device):
             s_emb = wrapped_model(x).float()  # (b, D)
         rows = text_rows[idx.to(device)] if text_rows is not None else None  # (b,): each image's row of text_emb
         # every rank computes the loss of the global batch (the contrastive term needs all negatives), but its
@@ -410,7 +410,7 @@ def main(argv=None):
                           out / "last.pt")
         save_student(plan, model, teacher, classnames, templates, class_text_emb, step)
         evaluate_run(plan, teacher, device)
-    common.cleanup_distributed()
+    devices.cleanup_distributed()
     return out
 
 

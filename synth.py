@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from helpers import common, domain_file, domains, llm_attributes, models, synth_folder
+from helpers import common, devices, domain_file, domains, llm_attributes, models, synth_folder
 from helpers.common import UserError, require
 
 
@@ -268,12 +268,12 @@ def main(argv=None):
     if not args.dry_run or args.prompts == "llm":  # an unusable --out fails now, before any model is loaded; the
         common.prepare_out_dir(args.out, create=False)  # folders are made by the first file written (synth.json),
         common.prepare_out_dir(folder, create=False)  # so a run refused before it leaves no empty folder
-    dist = common.setup_distributed(args.device) if not args.dry_run else common.Dist()
+    dist = devices.setup_distributed(args.device) if not args.dry_run else devices.Dist()
     attributes = None
     if args.prompts == "llm":  # rank 0 asks the LLM once (or reuses attributes.json); other ranks wait for the file
         attributes = llm_attributes.get_attributes(
             folder / "attributes.json", args.llm, domain, classnames, args.seed,
-            common.pick_device(args.device) if args.dry_run else dist.device, is_main=dist.is_main)
+            devices.pick_device(args.device) if args.dry_run else dist.device, is_main=dist.is_main)
     prompts = make_prompts(domain, classnames, args.per_class, args.prompts, args.seed, attributes)
     # Work unit = a batch of the global order i = n * num_classes + c (image-major, so a larger --per-class only
     # appends). Batch k always holds the same images and goes to part k % parts: batched kernels round differently
@@ -369,7 +369,7 @@ def main(argv=None):
     print(f"done{f' (rank {dist.rank})' if dist.enabled else ''}: wrote {written}, skipped {len(mine) - todo}, "
           f"{seconds:.2f} s ({written / max(seconds, 1e-9):.2f} img/s); {folder / 'manifest.jsonl'} lists {listed}"
           f"{f'; {redecoded} decoded again in float32' if redecoded else ''}")
-    common.cleanup_distributed()
+    devices.cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from helpers import common, corruptions, domain_file, domains, eval_data, models, onnx_export
+from helpers import common, corruptions, devices, domain_file, domains, eval_data, models, onnx_export
 from helpers.common import UserError, require
 
 TEMPLATE_SETS = {"paper": domains.PAPER_TEMPLATES, "clip_benchmark": domains.CLIP_BENCHMARK_TEMPLATES}
@@ -267,7 +267,7 @@ def predict(model, loader, classifier, device, amp=True, progress=True):
                 all_logits.append(model.logits(images))  # (B, C), fp32
                 all_labels.append(labels)
                 continue
-            with common.autocast(device, amp):
+            with devices.autocast(device, amp):
                 image_emb = model.encode_image(images)  # (B, D), bf16 under autocast
             emb = F.normalize(image_emb.float().cpu(), dim=-1)  # (B, D), fp32 from here on
             all_logits.append(100.0 * emb @ weights)  # (B, C)
@@ -328,7 +328,7 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
         images = corruptions.CorruptedSet(ds, transform, to_tensor, corruption, severity, corruption_seed, workers)
     classifier = zs.classifier(classnames, template_list, device, teacher=teacher)  # (C, D)
     loader = torch.utils.data.DataLoader(eval_data.SkipBroken(images), batch_size=batch_size, shuffle=False,
-                                         num_workers=min(workers, common.available_cpus()),  # more only compete
+                                         num_workers=min(workers, devices.available_cpus()),  # more only compete
                                          collate_fn=eval_data.collate_skipping, pin_memory=device.type == "cuda")
     t0 = time.time()
     logits, labels, broken = predict(zs.encoder, loader, classifier, device, amp=amp, progress=progress)
@@ -356,7 +356,7 @@ def evaluate(model, dataset, data_root="data", split="test", templates="paper", 
               "source": source, "split": split if source == "real" else None, "skipped": len(broken),
               "num_classes": len(classnames), "model_info": zs.info(),
               "images_per_s": round(len(labels) / max(seconds, 1e-9), 2),
-              "precision": "bf16" if amp and common.autocast_dtype(device) != "fp32" else "fp32"}  # the image tower
+              "precision": "bf16" if amp and devices.autocast_dtype(device) != "fp32" else "fp32"}  # the image tower
     if corruption is not None:
         result.update(corruption=corruption, severity=severity, corruption_seed=corruption_seed,
                       corruption_cache={"read": images.cached, "path": str(images.path), "seconds": images.seconds})
@@ -400,7 +400,7 @@ def main(argv=None):
     require(not args.out or len(pairs) == 1, f"--out names one file, and --corruption/--severity ask for {len(pairs)} "
                                              f"results: leave --out out (results/<model>_<data>_<corruption>_s<N>"
                                              f".json)")
-    device = common.pick_device(args.device)
+    device = devices.pick_device(args.device)
     # a result that cannot be written fails now, not after the evaluation
     out = check_out(Path(args.out), args.overwrite) if args.out else None
     zs = load_model(args.model, args.pretrained, device)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 import distill
 import zeroshot
-from helpers import common, domains, models, views
+from helpers import common, devices, domains, models, views
 from helpers.bench_timing import (TRAIN_MODES, TRAIN_VARIANTS, bench_train, commit, device_name, generate,
                                   import_test_kit, markdown, peak_mib, save_random_teacher, sync, time_call,
                                   time_train_step, write_smooth_pngs)
@@ -195,7 +195,7 @@ def check_zeroshot(sz, ctx, numbers, problems):
         reference = []
         with torch.inference_mode():
             for x, _, _ in batches:
-                with common.autocast(ctx.device):
+                with devices.autocast(ctx.device):
                     emb = model.encode_image(x.to(ctx.device))  # (B, D)
                 reference.append(100.0 * F.normalize(emb.float().cpu(), dim=-1) @ classifier.t())  # (B, C)
     finally:

@@ -23,7 +23,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 import distill
-from helpers import common, domains, models, views
+from helpers import devices, domains, models, views
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_MODES = ("student only (no teacher)", "cached (default)", "--no-cache (teacher online)")
@@ -192,7 +192,7 @@ def time_train_step(student_name, teacher, batch, device, warmup, runs, channels
         x = render().contiguous(memory_format=memory)
         if mode == "cached (default)":
             return x, cache_emb[idx, view].float()
-        with torch.no_grad(), common.autocast(device):
+        with torch.no_grad(), devices.autocast(device):
             return x, teacher.model.encode_image(x).float()
 
     seconds, cpu = {m: [] for m in modes}, {m: [] for m in modes}  # CPU: this process's own work
@@ -202,7 +202,7 @@ def time_train_step(student_name, teacher, batch, device, warmup, runs, channels
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             x, t_emb = crops_and_target(mode)
-            with common.autocast(device):
+            with devices.autocast(device):
                 loss = distill.l2_loss(forward(x).float(), t_emb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -277,19 +277,19 @@ def bench_train(args, device, variants):
         sync(device)
         t0 = time.perf_counter()
         cache = views.build_cache(Path(tmp) / "cache" / "bench.pt", {}, images, teacher, run,
-                                  common.Dist(device=device), device)
+                                  devices.Dist(device=device), device)
         sync(device)
         cache_rate = len(images.paths) / (time.perf_counter() - t0)
         idx, view, boxes, flips = next(views.step_batches(functools.partial(
             views.epoch_views, seed=0, train_idx=torch.arange(4 * B), cache=cache, image_sizes=images.image_sizes,
-            scale=run.crop_scale), 0, 1, 4, B, common.Dist()))
+            scale=run.crop_scale), 0, 1, 4, B, devices.Dist()))
 
         def render():
             return views.render_views(images, idx, boxes, flips, S, teacher.mean, teacher.std, device)
         steps = {label: time_train_step(name, teacher, (render, idx, view, cache["emb"]), device, args.warmup,
                                         args.runs, channels_last, backend, fused)
                  for label, channels_last, backend, fused in variants}
-    dtype = common.autocast_dtype(device)
+    dtype = devices.autocast_dtype(device)
     rows = [f"| {label} | {m} | {r:.2f} | {1000 * B / r:.0f} | {r / s['img_per_s'][TRAIN_MODES[0]]:.2f} | "
             f"{s['cpu_ms_per_img'][m]:.0f} |" for label, s in steps.items() for m, r in s["img_per_s"].items()]
     cores = os.cpu_count() or 1

@@ -37,7 +37,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
-from helpers import common
+from helpers import common, devices
 from helpers.common import require
 
 try:
@@ -89,7 +89,7 @@ def load_images(data, store_size=288, workers=0, dist=None, cache_dir=None):
     labels). Each image is decoded once into the image store (rank 0, under the cache lock; reused while names,
     sizes and mtimes are unchanged) in cache_folder(data, cache_dir). Undecodable images are skipped and named;
     more than MAX_BAD_SHARE of them is a one-line error."""
-    dist = dist or common.Dist()
+    dist = dist or devices.Dist()
     root = Path(data).expanduser().resolve()
     require(root.is_dir(), f"--data {data} does not exist: pass a synth.py output folder or an image folder")
     cache = cache_folder(root, cache_dir)
@@ -214,7 +214,7 @@ def build_store(root, paths, store_size, workers, record_path, store_path):
     tmp = store_path.with_name(f".{store_path.name}.{os.getpid()}.tmp")
     # more decode processes than CPUs only compete for them (and torch warns about it)
     loader = torch.utils.data.DataLoader(DecodeForStore(root, [paths[i] for i in good], resolution), batch_size=None,
-                                         num_workers=min(workers, common.available_cpus()))
+                                         num_workers=min(workers, devices.available_cpus()))
     try:
         reserve(tmp, math.prod(shape))  # a full disk is an OSError here, not a SIGBUS from the memory map later
         store = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)

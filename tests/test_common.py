@@ -4,7 +4,7 @@ from typing import List, Optional
 
 import pytest
 
-from helpers import common
+from helpers import common, devices
 import kit
 from helpers import models
 
@@ -103,13 +103,13 @@ def test_autocast_on_cpu_only_when_asked(monkeypatch):
     import torch
     cpu = torch.device("cpu")
     monkeypatch.delenv("ZSD_CPU_BF16", raising=False)
-    with common.autocast(cpu):
+    with devices.autocast(cpu):
         assert not torch.is_autocast_enabled("cpu")
     monkeypatch.setenv("ZSD_CPU_BF16", "1")  # read at call time
-    with common.autocast(cpu):
+    with devices.autocast(cpu):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    with common.autocast(cpu, enabled=False):  # --no-amp still wins
+    with devices.autocast(cpu, enabled=False):  # --no-amp still wins
         assert not torch.is_autocast_enabled("cpu")
 
 

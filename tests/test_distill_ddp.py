@@ -12,7 +12,7 @@ import torch
 
 import distill
 import kit
-from helpers import common, models, run_state
+from helpers import common, devices, models, run_state
 from test_distill import ROOT, run_args, weights
 
 
@@ -71,10 +71,10 @@ def test_gpu_runs_convert_batchnorm_to_synced_batchnorm_keeping_activations():
     model = models.build_student("test_efficientnet", 32, image_size=32)
     n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     acts = [type(m.act) for m in model.modules() if isinstance(m, timm.layers.BatchNormAct2d)]
-    synced = common.sync_batchnorm(model, common.Dist(world_size=2, device=torch.device("cuda", 0)))
+    synced = devices.sync_batchnorm(model, devices.Dist(world_size=2, device=torch.device("cuda", 0)))
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == n_bn
     assert [type(m.act) for m in synced.modules() if isinstance(m, timm.layers.SyncBatchNormAct)] == acts
-    assert common.sync_batchnorm(model, common.Dist()) is model  # one process: nothing to sync
+    assert devices.sync_batchnorm(model, devices.Dist()) is model  # one process: nothing to sync
 
 
 def test_cuda_rng_state_is_this_devices_and_restores_on_fewer_gpus(monkeypatch):

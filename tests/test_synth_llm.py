@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from helpers import common, domains
+from helpers import common, devices, domains
 import kit
 import kit_diffusers
 from helpers import llm_attributes
@@ -170,7 +170,7 @@ def test_rank_1_makes_its_images_from_rank_0s_file_without_a_barrier(tmp_path, t
     """In-process rank 1 of 2: it must not wait in a collective (NCCL's times out after 10 minutes)."""
     tiny_sd = kit_diffusers.make_tiny_pipeline(tmp_path / "tiny_sd")
     monkeypatch.setattr(llm_attributes, "POLL_S", 0.05)
-    monkeypatch.setattr(common, "setup_distributed", lambda device: common.Dist(rank=1, world_size=2))
+    monkeypatch.setattr(devices, "setup_distributed", lambda device: devices.Dist(rank=1, world_size=2))
     monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: pytest.fail("a collective was used"))
     monkeypatch.setattr(llm_attributes, "load_llm", lambda *a: pytest.fail("rank 1 loaded the LLM"))
     folder = tmp_path / "out" / "pets"
