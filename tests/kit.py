@@ -259,6 +259,18 @@ def simulate_read_only(monkeypatch, folder):
     monkeypatch.setattr(os, "mkdir", ro_mkdir)
 
 
+def interrupted_at(n, loss):
+    """`loss` that raises KeyboardInterrupt (a kill, as distill.py sees it) on its n-th call: a run stopped mid-way."""
+    calls = []
+
+    def loss_or_kill(*a):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return loss(*a)
+    return loss_or_kill
+
+
 def exits_with_one_line(main, argv, capsys, expect):
     """main(argv) exits with code 2 and prints exactly one line, `error: ...` containing `expect`, on stderr."""
     import pytest

@@ -163,20 +163,13 @@ def test_resume_is_bit_identical_also_after_a_kill(tiny_teacher, synth, tmp_path
     assert a["optimizer"]["state"][0]["exp_avg_sq"].equal(b["optimizer"]["state"][0]["exp_avg_sq"])
     assert [r["step"] for r in log_steps(half)] == list(range(1, 11))
     # killed at step 8 (between the checkpoints of steps 6 and 9): resume redoes 7.. and ends identical
-    killed, calls = tmp_path / "killed", []
-    l2 = distill.LOSSES["l2"]
-
-    def dying(*a):
-        calls.append(1)
-        if len(calls) == 8:
-            raise KeyboardInterrupt
-        return l2(*a)
-    monkeypatch.setitem(distill.LOSSES, "l2", dying)
+    killed = tmp_path / "killed"
+    monkeypatch.setitem(distill.LOSSES, "l2", kit.interrupted_at(8, distill.LOSSES["l2"]))
     with pytest.raises(SystemExit) as e:
         distill.main(run_args(synth, tiny_teacher, killed, steps=10))
     assert e.value.code == 130 and torch.load(killed / "last.pt", weights_only=False)["step"] == 6
     assert not (killed / "student.pt").exists()
-    monkeypatch.setitem(distill.LOSSES, "l2", l2)
+    monkeypatch.undo()  # the plain loss again
     distill.main(run_args(synth, tiny_teacher, killed, "--resume", steps=10))
     assert_same(weights(straight / "student.pt"), weights(killed / "student.pt"))
     assert [r["step"] for r in log_steps(killed)] == list(range(1, 11))

@@ -161,14 +161,7 @@ def test_a_damaged_last_pt_is_one_line(content, expect, tiny_teacher, data, tmp_
 def test_resume_gives_the_uninterrupted_log_and_removes_stale_temps(tiny_teacher, data, tmp_path, monkeypatch):
     flags = ["--log-every", "2", "--save-every", "3"]  # the last checkpoint (3) falls between two log lines
     distill.main(run_args(data, tiny_teacher, tmp_path / "straight", *flags, steps=6))
-    l2, calls = distill.LOSSES["l2"], []
-
-    def killed_at_5(*a):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return l2(*a)
-    monkeypatch.setitem(distill.LOSSES, "l2", killed_at_5)
+    monkeypatch.setitem(distill.LOSSES, "l2", kit.interrupted_at(5, distill.LOSSES["l2"]))
     run = tmp_path / "run"
     with pytest.raises(SystemExit):
         distill.main(run_args(data, tiny_teacher, run, *flags, steps=6))
