@@ -66,10 +66,21 @@ def crop_transform(size):
     return T.Compose(steps + [lambda im: im.convert("RGB")])
 
 
+class ToTensorUint8:
+    """PIL image -> (S, S, 3) uint8 tensor: the graph's input, where a PyTorch model's transform has ToTensor +
+    Normalize (so zeroshot.py --corruption finds the same place to corrupt the cropped image)."""
+
+    def __call__(self, im):
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
+
+    def __repr__(self):
+        return "ToTensorUint8()"
+
+
 def uint8_transform(size):
     """PIL image -> (S, S, 3) uint8 tensor, the graph's input for one image (zeroshot.py's data loader)."""
-    crop = crop_transform(size)
-    return lambda im: torch.from_numpy(np.asarray(crop(im), dtype=np.uint8).copy())
+    import torchvision.transforms as T
+    return T.Compose([*crop_transform(size).transforms, ToTensorUint8()])
 
 
 def preprocess_config(size, mean, std):

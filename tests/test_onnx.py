@@ -85,6 +85,19 @@ def test_zeroshot_on_onnx_equals_open_clip_folder(run, fake_root, tmp_path, caps
                             "exported for other classes")
 
 
+def test_corrupted_evaluation_of_the_onnx_equals_the_open_clip_folder(run, fake_root, tmp_path):
+    """--corruption corrupts the same cropped pixels for the graph (uint8 in) as for the PyTorch model."""
+    folder, student, _, teacher = run
+    export.export_open_clip(student, teacher, tmp_path / "open_clip")
+    common = ["--dataset", "pets", "--data-root", str(fake_root[0]), "--workers", "0", "--batch-size", "8",
+              "--corruption", "gaussian_noise", "--severity", "3"]
+    got = {m: zeroshot.main(["--model", spec, "--out", str(tmp_path / f"{m}.json")] + common)
+           for m, spec in [("onnx", str(folder / "onnx" / "classifier.onnx")),
+                           ("open_clip", f"local-dir:{tmp_path / 'open_clip'}")]}
+    assert got["onnx"]["corruption"] == "gaussian_noise" and got["onnx"]["severity"] == 3
+    assert got["onnx"]["metrics"] == got["open_clip"]["metrics"] and got["onnx"]["n"] == got["open_clip"]["n"]
+
+
 def readme_snippet():
     text = open(os.path.join(ROOT, "README.md")).read()
     code = re.search(r"<!-- deploy snippet -->\n```python\n(.*?)```", text, re.S)
