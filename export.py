@@ -283,17 +283,6 @@ def same_files(a, b):
         (a / n).is_file() and (b / n).is_file() and (a / n).read_bytes() == (b / n).read_bytes() for n in names)
 
 
-def move_into_place(tmp, folder):
-    """Rename tmp to folder; an existing folder (--overwrite) is renamed aside first, then removed."""
-    old = None
-    if folder.exists():
-        old = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.old"
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def check_out(folder, overwrite):
     """Refuse early (nothing loaded, nothing written): the output is a file, or exists without --overwrite and is
     not an open_clip folder (an earlier export of the same student is left as it is, see export_open_clip)."""
@@ -325,7 +314,7 @@ def export_open_clip(student, teacher, folder, text_dtype="float32", overwrite=F
                                              f"--text-dtype): pass --overwrite to replace it, or --out elsewhere")
             print(f"{folder} already holds this export: left as it is")
             return folder
-        move_into_place(tmp, folder)
+        common.move_into_place(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     image_params = sum(p.numel() for p in clip.visual.parameters())

@@ -21,6 +21,8 @@ import math
 import os
 import errno
 import random
+import secrets
+import shutil
 import sys
 import tempfile
 import typing
@@ -206,6 +208,18 @@ def atomic_write(path, mode="wb"):
         if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name the one we write
             e.filename = str(path)
         raise
+
+
+def move_into_place(tmp, folder):
+    """Rename the finished folder `tmp` to `folder`; an existing folder (--overwrite) is renamed aside first, then
+    removed, so `folder` is at every moment the old one or the new one, whole."""
+    old = None
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.old"
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def honour_umask(folder):

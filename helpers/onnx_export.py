@@ -352,13 +352,7 @@ def export_classifier(student, meta, class_text_emb, folder, images, check_image
                   "int8": add_int8(tmp, meta["image_size"], calib_paths, agree_paths, min_agreement) if int8 else None}
         record["sizes_mb"] = {p.name: round(file_mb(p), 3) for p in sorted(tmp.glob("*.onnx"))}
         common.save_json(record, tmp / "onnx.json")
-        old = None
-        if folder.exists():  # --overwrite: the old folder is renamed aside, then removed
-            old = folder.parent / f".{folder.name}.{secrets.token_hex(4)}.old"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old)
+        common.move_into_place(tmp, folder)  # --overwrite: the old folder goes only once the new one is in place
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record
